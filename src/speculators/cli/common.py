@@ -1,0 +1,97 @@
+"""What every subcommand shares: option help from config fields and the user-error path."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticUndefined
+from rich.console import Console
+
+from speculators.config.base import flag
+from speculators.errors import UserInputError
+
+console = Console()
+err_console = Console(stderr=True)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def option(config_cls: type[BaseModel], name: str, *decls: str, **kwargs: Any) -> Any:
+    """A typer.Option for config field `name`: its flag, default and help come from the field."""
+    field = config_cls.model_fields[name]
+    default = kwargs.pop("default", field.default)
+    if default is PydanticUndefined:
+        default = ...
+    return typer.Option(default, flag(name), *decls, help=field.description, **kwargs)
+
+
+def fail(message: str) -> NoReturn:
+    """Print one clear error paragraph and exit with code 2 (the CLI's usage-error code)."""
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    loc = [str(p) for p in error.get("loc", ()) if not isinstance(p, int)]
+    if not loc:
+        return msg
+    value = error.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict) else ""
+    return f"{flag(loc[0])}: {msg}{shown}"
+
+
+def build(config_cls: type[ModelT], **values: Any) -> ModelT:
+    """Validate flags into a config; a bad value exits 2 with a message naming the flag."""
+    try:
+        return config_cls(**values)
+    except ValidationError as e:
+        fail("; ".join(_describe(err) for err in e.errors()))
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn UserInputError (raised by core code for bad files and data) into a clean exit 2."""
+    try:
+        yield
+    except UserInputError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        err_console.print("interrupted; files already written are complete and a rerun resumes.")
+        raise typer.Exit(130) from None
+
+
+# Flags that take several space-separated values, as the reference spells them
+# (`--layer-ids 2 28 54`). Click options take one value each, so main() rewrites them.
+MULTI_VALUE_FLAGS = ("--layer-ids",)
+
+
+def expand_multi_value_flags(argv: list[str]) -> list[str]:
+    """`--layer-ids 2 28 54` -> `--layer-ids 2 --layer-ids 28 --layer-ids 54`."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        out.append(arg)
+        i += 1
+        if arg in MULTI_VALUE_FLAGS:
+            first = True
+            while i < len(argv) and argv[i].lstrip("-").isdigit():
+                if not first:
+                    out.append(arg)
+                out.append(argv[i])
+                first = False
+                i += 1
+    return out
+
+
+def command_line() -> str:
+    """The command as the user typed it, for reproducibility records."""
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in ["speculators", *sys.argv[1:]])

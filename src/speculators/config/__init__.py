@@ -1,0 +1,9 @@
+"""Typed, validated configs for every subcommand and for the on-disk metadata files.
+
+Nothing here imports torch: configs are built and validated before any heavy work starts.
+"""
+
+from speculators.config.base import StrictModel, flag
+from speculators.config.vocab import VocabConfig
+
+__all__ = ["StrictModel", "VocabConfig", "flag"]

