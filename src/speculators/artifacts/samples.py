@@ -1,0 +1,129 @@
+"""Sample files `data_{idx}.pt` (SPEC §2): one verifier forward pass over one conversation.
+
+Version 1 (written): {"input_ids": long [L], "hidden_states": [bf16 [L, H], ...] one per layer id,
+aux layers first and the last layer last, "loss_mask": long [L]}.
+Version 0 (read only): {"input_ids", "loss_mask", "hidden_state": [L, k*H] aux concatenated,
+"target": [L, H] last layer}.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from speculators.artifacts.atomic import atomic_torch_save
+from speculators.errors import UserInputError
+
+FILE_PATTERN = "data_{idx}.pt"
+_FILE_RE = re.compile(r"^data_(\d+)\.pt$")
+
+
+@dataclass
+class Sample:
+    """One sample in memory, whatever its file version: aux layers and the last layer apart."""
+
+    input_ids: torch.Tensor  # long [L]
+    aux_hidden_states: list[torch.Tensor]  # k x [L, H]
+    last_hidden_state: torch.Tensor  # [L, H], pre-norm output of the verifier's last layer
+    loss_mask: torch.Tensor  # long [L]
+
+
+def sample_path(output_dir: Path, idx: int) -> Path:
+    return output_dir / FILE_PATTERN.format(idx=idx)
+
+
+def sample_index(path: Path) -> int | None:
+    m = _FILE_RE.match(path.name)
+    return int(m.group(1)) if m else None
+
+
+def save_sample(
+    path: Path, input_ids: torch.Tensor, hidden_states: list[torch.Tensor], loss_mask: torch.Tensor
+) -> None:
+    """Write a version-1 sample atomically. Tensors are made contiguous CPU copies of their own
+    storage, so the file holds [L, H] and not a view of a larger batch tensor."""
+    length = input_ids.shape[0]
+    assert loss_mask.shape == (length,)
+    assert all(h.shape[0] == length and h.ndim == 2 for h in hidden_states)
+    record = {
+        "input_ids": input_ids.to("cpu", torch.long).clone(),
+        "hidden_states": [h.to("cpu", torch.bfloat16).clone() for h in hidden_states],
+        "loss_mask": loss_mask.to("cpu", torch.long).clone(),
+    }
+    atomic_torch_save(path, record)
+
+
+def _fail(path: Path, why: str) -> UserInputError:
+    return UserInputError(
+        f"sample file {path} is corrupt or not a speculators sample ({why}). Delete it and rerun "
+        "`speculators datagen` with the same flags to regenerate it."
+    )
+
+
+def load_sample(path: Path, data_format_version: int = 1) -> Sample:
+    """Read a sample file of either version; a bad file is a UserInputError naming it."""
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt files
+        raise _fail(path, f"{e.__class__.__name__}: {e}") from None
+    if not isinstance(record, dict):
+        raise _fail(path, f"holds a {type(record).__name__}, not a dict")
+    found = 1 if "hidden_states" in record else 0 if "hidden_state" in record else None
+    if found is None:
+        raise _fail(path, f"keys {sorted(record)}")
+    if found != data_format_version:
+        raise UserInputError(
+            f"sample file {path} is data format version {found}, but --data-format-version is "
+            f"{data_format_version}. Pass --data-format-version {found}."
+        )
+    try:
+        input_ids, loss_mask = record["input_ids"], record["loss_mask"]
+        if found == 1:
+            states = list(record["hidden_states"])
+            aux, last = states[:-1], states[-1]
+        else:
+            fused, last = record["hidden_state"], record["target"]
+            aux = list(fused.chunk(fused.shape[-1] // last.shape[-1], dim=-1))
+    except (KeyError, TypeError, AttributeError, ZeroDivisionError) as e:
+        raise _fail(path, f"{e.__class__.__name__}: {e}") from None
+    sample = Sample(input_ids.long(), aux, last, loss_mask.long())
+    _check(path, sample)
+    return sample
+
+
+def _check(path: Path, s: Sample) -> None:
+    length = s.input_ids.shape[0]
+    if s.input_ids.ndim != 1 or s.loss_mask.shape != (length,):
+        raise _fail(path, "input_ids and loss_mask must be 1-D of the same length")
+    for h in [*s.aux_hidden_states, s.last_hidden_state]:
+        if h.ndim != 2 or h.shape[0] != length or h.shape[1] != s.last_hidden_state.shape[1]:
+            raise _fail(path, f"a hidden state has shape {tuple(h.shape)}, expected [{length}, H]")
+        if not torch.isfinite(h).all():
+            raise UserInputError(
+                f"sample file {path} contains NaN or Inf hidden states; the verifier overflowed "
+                "on this sample. Delete the file (training skips nothing silently) or regenerate "
+                "it with `speculators datagen`."
+            )
+
+
+def list_sample_files(data_path: Path) -> list[Path]:
+    """Every .pt sample under `data_path`, recursively, in a stable order (by dir, then index)."""
+    files = [p for p in data_path.rglob("*.pt") if not p.name.startswith(".tmp-")]
+    files = [p for p in files if p.name != "token_freq.pt"]
+
+    def key(p: Path) -> tuple[str, int, str]:
+        idx = sample_index(p)
+        return (str(p.parent), -1 if idx is None else idx, p.name)
+
+    return sorted(files, key=key)
+
+
+def first_missing_index(output_dir: Path, num_samples: int) -> int:
+    """Where a resumed datagen run starts: the first index in [0, num_samples) with no file."""
+    for idx in range(num_samples):
+        if not sample_path(output_dir, idx).is_file():
+            return idx
+    return num_samples
