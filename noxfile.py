@@ -1,4 +1,4 @@
-"""Sessions that CI and humans share: `nox -s lint typecheck tests`, `nox -s demo`, `nox -s bench`."""
+"""Sessions CI and humans share: `nox -s lint typecheck tests`, `nox -s demo`, `nox -s bench`."""
 
 import nox
 

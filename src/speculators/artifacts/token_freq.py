@@ -69,7 +69,8 @@ def load_token_freq(path: Path) -> dict[int, int]:
             "writes; rerun datagen to recreate it."
         ) from None
     if not isinstance(obj, dict) or not all(
-        isinstance(k, int) and isinstance(v, int) and not isinstance(v, bool) for k, v in obj.items()
+        isinstance(k, int) and isinstance(v, int) and not isinstance(v, bool)
+        for k, v in obj.items()
     ):
         raise UserInputError(
             f"token frequency file {path} holds a {type(obj).__name__}, not a dict[int, int] of "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speculators.artifacts.atomic import atomic_write
+from speculators.artifacts.atomic import atomic_path
 from speculators.errors import UserInputError
 
 D2T_FILE = "d2t.npy"
@@ -22,7 +22,8 @@ def save_vocab_mapping(output_dir: Path, d2t: np.ndarray, t2d: np.ndarray) -> tu
     assert int(t2d.sum()) == d2t.shape[0]
     paths = output_dir / D2T_FILE, output_dir / T2D_FILE
     for path, arr in zip(paths, (d2t, t2d)):
-        atomic_write(path, lambda f, a=arr: np.save(f, a, allow_pickle=False))
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
     return paths
 
 
@@ -62,9 +63,8 @@ def load_vocab_mapping(
             f"{int(t2d.sum())}: the two files come from different `speculators vocab` runs. "
             "Pass a matching pair."
         )
-    if (
-        target_ids.size
-        and (target_ids.min() < 0 or target_ids.max() >= t2d.shape[0] or not t2d[target_ids].all())
+    if target_ids.size and (
+        target_ids.min() < 0 or target_ids.max() >= t2d.shape[0] or not t2d[target_ids].all()
     ):
         raise UserInputError(
             f"d2t ({d2t_path}) and t2d ({t2d_path}) disagree on which target ids are in the draft "

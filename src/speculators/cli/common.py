@@ -36,7 +36,7 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Any) -> str:
     msg = str(error["msg"]).removeprefix("Value error, ")
     loc = [str(p) for p in error.get("loc", ()) if not isinstance(p, int)]
     if not loc:

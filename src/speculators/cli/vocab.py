@@ -37,7 +37,9 @@ def vocab(
     table.add_row("distinct tokens seen", f"{result.num_seen_ids:,}")
     if result.num_padded_ids:
         table.add_row("padded with unseen ids", f"{result.num_padded_ids:,}")
-    table.add_row("counted tokens covered", f"{result.coverage:.2%} of {result.num_counted_tokens:,}")
+    table.add_row(
+        "counted tokens covered", f"{result.coverage:.2%} of {result.num_counted_tokens:,}"
+    )
     table.add_row("d2t", str(result.d2t_path))
     table.add_row("t2d", str(result.t2d_path))
     console.print(table)

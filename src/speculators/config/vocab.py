@@ -24,7 +24,7 @@ class VocabConfig(StrictModel):
     )
     target_model_path: str | None = Field(
         None,
-        description="Verifier model dir or hub name (local cache); its config gives the vocab size.",
+        description="Verifier model dir or cached hub name; its config gives the vocab size.",
     )
     output_path: Path = Field(
         Path("./vocab_mapping"), description="Directory to write d2t.npy and t2d.npy into."
