@@ -1,0 +1,191 @@
+"""Draft checkpoints `save_path/{epoch}/` (SPEC §3): weights + config vLLM serves, and resume state.
+
+A checkpoint is built in a hidden temp dir beside its final place and renamed into place when
+every file is written, so a killed run never leaves a directory named `{epoch}` that is
+incomplete; `training_state.json` is written last inside it as a second completeness marker.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from speculators.artifacts.atomic import atomic_torch_save, atomic_write_json
+from speculators.errors import UserInputError
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+# fp32 master weights and RNG state: resuming from the bf16 export would not continue exactly.
+# Not a .safetensors file, since vLLM loads every *.safetensors in the directory.
+TRAINER_STATE_FILE = "trainer_state.pt"
+TRAINING_STATE_FILE = "training_state.json"
+
+
+def speculators_config(
+    *,
+    transformer_layer_config: dict[str, Any],
+    draft_vocab_size: int,
+    target_hidden_size: int,
+    vllm_aux_layer_ids: list[int],
+    verifier_name_or_path: str,
+    verifier_architectures: list[str],
+    speculative_tokens: int,
+    speculators_version: str,
+) -> dict[str, Any]:
+    """config.json in the speculators format that vLLM reads (`vllm serve <checkpoint dir>`).
+
+    `eagle_aux_hidden_state_layer_ids` is in vLLM's convention (the layer a tensor enters).
+    """
+    return {
+        "architectures": ["Eagle3Speculator"],
+        "model_type": "speculators",
+        "speculators_model_type": "eagle3",
+        "speculators_version": speculators_version,
+        "transformer_layer_config": transformer_layer_config,
+        "draft_vocab_size": draft_vocab_size,
+        "target_hidden_size": target_hidden_size,
+        "norm_before_residual": True,
+        "eagle_aux_hidden_state_layer_ids": list(vllm_aux_layer_ids),
+        "speculators_config": {
+            "algorithm": "eagle3",
+            "default_proposal_method": "greedy",
+            "proposal_methods": [
+                {
+                    "proposal_type": "greedy",
+                    "speculative_tokens": speculative_tokens,
+                    "verifier_accept_k": 1,
+                    "accept_tolerance": 0.0,
+                }
+            ],
+            "verifier": {
+                "name_or_path": verifier_name_or_path,
+                "architectures": list(verifier_architectures),
+            },
+        },
+    }
+
+
+def save_checkpoint(
+    checkpoint_dir: Path,
+    *,
+    model_state: Mapping[str, torch.Tensor],
+    config: dict[str, Any],
+    training_state: dict[str, Any],
+    optimizer_state: dict[str, Any] | None = None,
+    scheduler_state: dict[str, Any] | None = None,
+    trainer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a complete checkpoint to `checkpoint_dir`, replacing any older one there.
+
+    `model_state` is saved as bf16 safetensors (floating tensors; d2t/t2d keep their dtype).
+    """
+    from safetensors.torch import save_file
+
+    checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{checkpoint_dir.name}.", dir=checkpoint_dir.parent))
+    try:
+        weights = {
+            name: (t.to(torch.bfloat16) if t.is_floating_point() else t).detach().cpu().contiguous()
+            for name, t in model_state.items()
+        }
+        save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        atomic_write_json(tmp / CONFIG_FILE, config)
+        for name, state in (
+            (OPTIMIZER_FILE, optimizer_state),
+            (SCHEDULER_FILE, scheduler_state),
+            (TRAINER_STATE_FILE, trainer_state),
+        ):
+            if state is not None:
+                atomic_torch_save(tmp / name, state)
+        atomic_write_json(tmp / TRAINING_STATE_FILE, training_state)
+        if checkpoint_dir.exists():
+            # Move the old one aside first so that the new name appears in one rename.
+            old = checkpoint_dir.with_name(f".tmp-old-{checkpoint_dir.name}")
+            shutil.rmtree(old, ignore_errors=True)
+            checkpoint_dir.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        tmp.rename(checkpoint_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return checkpoint_dir
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    return (
+        path.is_dir()
+        and (path / TRAINING_STATE_FILE).is_file()
+        and (path / WEIGHTS_FILE).is_file()
+        and (path / CONFIG_FILE).is_file()
+    )
+
+
+def find_latest_complete_checkpoint(save_path: Path) -> Path | None:
+    """The complete `save_path/{epoch}` with the highest epoch, or None."""
+    if not save_path.is_dir():
+        return None
+    epochs = [p for p in save_path.iterdir() if p.name.isdigit() and is_complete_checkpoint(p)]
+    return max(epochs, key=lambda p: int(p.name)) if epochs else None
+
+
+def read_training_state(checkpoint_dir: Path) -> dict[str, Any]:
+    return json.loads((checkpoint_dir / TRAINING_STATE_FILE).read_text())
+
+
+def load_draft_config(checkpoint_dir: Path) -> dict[str, Any]:
+    """config.json of a draft checkpoint; a missing or foreign file is a UserInputError."""
+    path = Path(checkpoint_dir) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserInputError(
+            f"{path}: cannot read the draft's config ({e.__class__.__name__}). Pass a checkpoint "
+            "directory written by `speculators train` (e.g. ./checkpoints/9)."
+        ) from None
+    if config.get("speculators_model_type") != "eagle3" or "transformer_layer_config" not in config:
+        raise UserInputError(
+            f"{path} is not an EAGLE-3 speculators config (speculators_model_type "
+            f"{config.get('speculators_model_type')!r}). Pass a `speculators train` checkpoint."
+        )
+    return config
+
+
+def load_draft(checkpoint_dir: Path, device: str | torch.device = "cpu") -> tuple[Any, dict]:
+    """Load a draft checkpoint as (Eagle3Draft in fp32, eval mode; its config.json dict)."""
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig
+
+    # The model class lives one layer up; imported here so the on-disk contracts stay light.
+    from speculators.models.eagle3 import Eagle3Draft
+
+    checkpoint_dir = Path(checkpoint_dir)
+    config = load_draft_config(checkpoint_dir)
+    layer_config = LlamaConfig(**config["transformer_layer_config"])
+    model = Eagle3Draft(
+        layer_config,
+        draft_vocab_size=config["draft_vocab_size"],
+        num_aux_layers=len(config["eagle_aux_hidden_state_layer_ids"]),
+        target_hidden_size=config.get("target_hidden_size"),
+    )
+    weights_path = checkpoint_dir / WEIGHTS_FILE
+    try:
+        state = load_file(str(weights_path))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UserInputError(
+            f"{weights_path}: cannot read the draft weights ({e.__class__.__name__}: {e})."
+        ) from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserInputError(
+            f"{weights_path} does not match its config.json (missing {missing[:4]}, unexpected "
+            f"{unexpected[:4]}). The checkpoint is damaged or from another tool."
+        )
+    return model.to(device).eval(), config
