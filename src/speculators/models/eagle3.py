@@ -42,7 +42,7 @@ _INHERITED_KEYS = (
 
 def draft_layer_config(verifier_config: Any, num_layers: int) -> LlamaConfig:
     """The Llama config of the draft's decoder layers, derived from the verifier's text config."""
-    values = {k: getattr(verifier_config, k) for k in _INHERITED_KEYS if hasattr(verifier_config, k)}
+    values = {k: getattr(verifier_config, k, None) for k in _INHERITED_KEYS}
     values = {k: v for k, v in values.items() if v is not None}
     if "head_dim" not in values:
         values["head_dim"] = values["hidden_size"] // values["num_attention_heads"]
