@@ -9,6 +9,7 @@ import typer
 
 from speculators import __version__
 from speculators.cli.common import expand_multi_value_flags
+from speculators.cli.datagen import datagen
 from speculators.cli.vocab import vocab
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ def _root(
     """Train EAGLE-3 draft models for vLLM speculative decoding."""
 
 
+app.command("datagen")(datagen)
 app.command("vocab")(vocab)
 
 

@@ -1,0 +1,120 @@
+"""`speculators datagen`: chat data -> verifier hidden states, loss masks and token counts.
+
+    speculators datagen --target-model-path meta-llama/Llama-3.1-8B-Instruct \\
+        --train-data-path sharegpt --output-dir ./training_data --max-samples 5000
+    # CPU-sized:
+    speculators datagen --target-model-path ./SmolLM2-135M-Instruct --train-data-path sharegpt \\
+        --output-dir ./data --max-samples 20 --seq-length 256 --token-freq-path ./data/token_freq.pt
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from speculators.cli.common import build, command_line, console, option, user_errors
+from speculators.config import DatagenConfig
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]datagen"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("samples"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def datagen(
+    target_model_path: str = option(DatagenConfig, "target_model_path"),
+    train_data_path: str = option(DatagenConfig, "train_data_path"),
+    output_dir: Path = option(DatagenConfig, "output_dir"),
+    max_samples: int = option(DatagenConfig, "max_samples"),
+    seq_length: int = option(DatagenConfig, "seq_length"),
+    cache_dir: Path = option(DatagenConfig, "cache_dir"),
+    layer_ids: list[int] = option(DatagenConfig, "layer_ids"),
+    tensor_parallel_size: int = option(DatagenConfig, "tensor_parallel_size"),
+    batch_size: int = option(DatagenConfig, "batch_size"),
+    seed: int = option(DatagenConfig, "seed"),
+    token_freq_path: Path = option(DatagenConfig, "token_freq_path"),
+    backend: str = option(DatagenConfig, "backend"),
+    device: str = option(DatagenConfig, "device"),
+    dtype: str = option(DatagenConfig, "dtype"),
+    gpu_memory_utilization: float = option(DatagenConfig, "gpu_memory_utilization"),
+    overwrite: bool = option(DatagenConfig, "overwrite"),
+) -> None:
+    """Run the verifier over chat data; store hidden states, loss masks and token counts."""
+    config = build(
+        DatagenConfig,
+        target_model_path=target_model_path,
+        train_data_path=train_data_path,
+        output_dir=output_dir,
+        max_samples=max_samples,
+        seq_length=seq_length,
+        cache_dir=cache_dir,
+        layer_ids=layer_ids or None,
+        tensor_parallel_size=tensor_parallel_size,
+        batch_size=batch_size,
+        seed=seed,
+        token_freq_path=token_freq_path,
+        backend=backend,
+        device=device,
+        dtype=dtype,
+        gpu_memory_utilization=gpu_memory_utilization,
+        overwrite=overwrite,
+    )
+    from speculators.datagen.run import run_datagen
+
+    with user_errors(), _progress() as progress:
+        task = progress.add_task("datagen", total=None, rate="")
+        started: list[float] = []
+
+        def on_progress(done: int, total: int, tokens: int) -> None:
+            import time
+
+            if not started:
+                started.append(time.perf_counter())
+            elapsed = time.perf_counter() - started[0]
+            rate = f"{tokens / elapsed:,.0f} tok/s" if elapsed > 0 and tokens else ""
+            progress.update(task, completed=done, total=total, rate=rate)
+
+        result = run_datagen(config, on_progress=on_progress, command=command_line())
+
+    _summary(result)
+
+
+def _summary(result) -> None:
+    table = Table(title="datagen", show_header=False)
+    table.add_row("samples", f"{result.num_samples:,} ({result.num_generated:,} generated now)")
+    table.add_row("tokens", f"{result.num_tokens:,}")
+    table.add_row("supervised tokens", f"{result.num_supervised_tokens:,} (loss mask 1)")
+    skipped = (
+        f"{result.num_skipped_no_assistant:,} without an assistant turn, "
+        f"{result.num_skipped_truncated:,} without assistant tokens within --seq-length, "
+        f"{result.num_skipped_template_error:,} rejected by the chat template"
+    )
+    table.add_row("skipped conversations", skipped)
+    table.add_row("layer ids", f"{result.layer_ids} ({result.backend} backend)")
+    table.add_row("bytes written", f"{result.bytes_written / 2**20:,.1f} MiB")
+    table.add_row("throughput", f"{result.tokens_per_second:,.0f} tokens/s")
+    table.add_row("time", f"{result.seconds:,.1f} s")
+    table.add_row("data config", str(result.data_config_path))
+    table.add_row("token frequencies", str(result.token_freq_path))
+    for note in result.notes:
+        table.add_row("note", note)
+    console.print(table)

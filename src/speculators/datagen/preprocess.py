@@ -1,0 +1,218 @@
+"""Conversations -> token ids and a loss mask that is 1 exactly on assistant-written tokens.
+
+The mask comes from character offsets, not from `{% generation %}` markers (most templates have
+none): the conversation is rendered once with the tokenizer's own chat template, each assistant
+message is located in the rendered text (searching from where the template's rendering of the
+preceding messages ends, so the same words in a user turn never match), and every token whose
+characters overlap an assistant span gets mask 1. Role headers and end-of-turn tokens get 0.
+Results are cached by HF datasets under a fingerprint of tokenizer, data and settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speculators.datagen.sources import RawData, normalize_conversation
+from speculators.errors import UserInputError
+
+# Bump when tokenization or masking changes, so that old caches are not reused.
+PREPROCESS_VERSION = "1"
+
+OK, NO_ASSISTANT, TEMPLATE_ERROR, NO_SUPERVISED = 0, 1, 2, 3
+
+
+def _render_prefix(tokenizer: Any, messages: list[dict[str, str]], text: str) -> str | None:
+    """The rendering of `messages` if the full rendering `text` starts with it."""
+    if not messages:
+        return None
+    for add_generation_prompt in (True, False):
+        try:
+            prefix = tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except Exception:  # templates may reject a conversation that ends with a user turn
+            return None
+        if text.startswith(prefix):
+            return prefix
+    return None
+
+
+def assistant_char_spans(
+    tokenizer: Any, messages: list[dict[str, str]], text: str
+) -> list[tuple[int, int]]:
+    """[start, end) character spans of the assistant messages' text within `text`."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for k, message in enumerate(messages):
+        target = message["content"].strip()  # templates often trim; whitespace is not text
+        if message["role"] != "assistant" or not target:
+            continue
+        prefix = _render_prefix(tokenizer, messages[:k], text)
+        start = max(pos, len(prefix)) if prefix is not None else pos
+        found = text.find(target, start)
+        if found >= 0:
+            spans.append((found, found + len(target)))
+            pos = found + len(target)
+    return spans
+
+
+def token_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]], n_chars: int):
+    """1 for tokens whose characters overlap a span. A token is taken to cover up to where the
+    next one starts, so tokenizers that trim whitespace out of offsets lose no tokens."""
+    starts = np.array([s for s, _ in offsets], dtype=np.int64)
+    ends = np.maximum(np.array([e for _, e in offsets], dtype=np.int64), 0)
+    if len(starts):
+        ends = np.maximum(ends, np.append(starts[1:], n_chars))
+    mask = np.zeros(len(starts), dtype=np.int64)
+    for a, b in spans:
+        mask |= (starts < b) & (ends > a)
+    return mask
+
+
+def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]], seq_length: int):
+    """{input_ids, loss_mask, status} for one normalized conversation, truncated to seq_length."""
+    empty = {"input_ids": [], "loss_mask": [], "status": NO_ASSISTANT}
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        return empty
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # e.g. "roles must alternate user/assistant"
+        return {**empty, "status": TEMPLATE_ERROR}
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = token_mask(
+        enc["offset_mapping"], assistant_char_spans(tokenizer, messages, text), len(text)
+    )
+    ids, mask = list(enc["input_ids"])[:seq_length], mask[:seq_length].tolist()
+    return {"input_ids": ids, "loss_mask": mask, "status": OK if any(mask) else NO_SUPERVISED}
+
+
+def check_tokenizer(tokenizer: Any, model_path: str) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserInputError(
+            f"--target-model-path {model_path}: the tokenizer has no chat template, so "
+            "conversations cannot be rendered the way the model was trained. Use an instruct/chat "
+            "model, or add a `chat_template` to its tokenizer_config.json (or chat_template.jinja)."
+        )
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserInputError(
+            f"--target-model-path {model_path}: the tokenizer is a slow (Python) tokenizer; the "
+            "loss mask needs character offsets, which only fast tokenizers give. Save the model "
+            "with a tokenizer.json (a fast tokenizer)."
+        )
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = (
+        backend.to_str()
+        if backend is not None
+        else json.dumps(sorted(tokenizer.get_vocab().items()))
+    )
+    parts = [
+        vocab,
+        str(tokenizer.chat_template),
+        json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str),
+    ]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+@dataclass
+class TokenizedData:
+    """Tokenized conversations; sample idx i is row `kept[i]` of `dataset`."""
+
+    dataset: Any  # datasets.Dataset: input_ids, loss_mask, status, length
+    kept: list[int]
+    fingerprint: str
+    num_no_assistant: int
+    num_template_errors: int
+    num_no_supervised: int
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.kept)
+
+    def sample(self, idx: int) -> tuple[list[int], list[int]]:
+        row = self.dataset[self.kept[idx]]
+        return row["input_ids"], row["loss_mask"]
+
+    def lengths(self) -> list[int]:
+        lengths = np.asarray(self.dataset["length"], dtype=np.int64)
+        return lengths[self.kept].tolist()
+
+
+def default_cache_dir() -> Path:
+    import datasets
+
+    return Path(datasets.config.HF_DATASETS_CACHE)
+
+
+def tokenize_dataset(
+    raw: RawData,
+    tokenizer: Any,
+    seq_length: int,
+    max_samples: int | None,
+    seed: int,
+    cache_dir: Path | None,
+) -> TokenizedData:
+    """Shuffle (seeded), take max_samples, tokenize and mask; cached under a fingerprint."""
+    settings = [
+        PREPROCESS_VERSION,
+        raw.fingerprint,
+        tokenizer_fingerprint(tokenizer),
+        seq_length,
+        max_samples,
+        seed,
+    ]
+    fingerprint = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:32]
+    order = np.random.default_rng(seed).permutation(len(raw.dataset))
+    if max_samples is not None:
+        order = order[:max_samples]
+    selected = raw.dataset.select(order.tolist())
+    column = raw.column
+
+    def encode(row: dict[str, Any]) -> dict[str, Any]:
+        messages = normalize_conversation(row[column], f"--train-data-path, row with {column}")
+        out = tokenize_conversation(tokenizer, messages, seq_length)
+        return {**out, "length": len(out["input_ids"])}
+
+    cache_file = (
+        (cache_dir or default_cache_dir())
+        / "speculators-datagen"
+        / f"tokenized-{fingerprint}.arrow"
+    )
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    dataset = selected.map(
+        encode,
+        remove_columns=selected.column_names,
+        new_fingerprint=fingerprint,
+        cache_file_name=str(cache_file),
+        desc="tokenizing conversations",
+    )
+    status = np.asarray(dataset["status"], dtype=np.int64)
+    return TokenizedData(
+        dataset=dataset,
+        kept=np.flatnonzero(status == OK).tolist(),
+        fingerprint=fingerprint,
+        num_no_assistant=int((status == NO_ASSISTANT).sum()),
+        num_template_errors=int((status == TEMPLATE_ERROR).sum()),
+        num_no_supervised=int((status == NO_SUPERVISED).sum()),
+    )
+
+
+def count_supervised_tokens(data: TokenizedData) -> dict[int, int]:
+    """token id -> count over tokens with loss mask 1, across every kept sample."""
+    counts = np.zeros(0, dtype=np.int64)
+    kept = data.dataset.select(data.kept).with_format("numpy", columns=["input_ids", "loss_mask"])
+    for batch in kept.iter(batch_size=512):
+        for ids, mask in zip(batch["input_ids"], batch["loss_mask"]):
+            found = np.bincount(np.asarray(ids)[np.asarray(mask) == 1])
+            if len(found) > len(counts):
+                counts = np.pad(counts, (0, len(found) - len(counts)))
+            counts[: len(found)] += found
+    return {int(i): int(counts[i]) for i in np.flatnonzero(counts)}

