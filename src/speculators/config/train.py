@@ -1,0 +1,94 @@
+"""Configuration of `speculators train` (the reference's flags and defaults, plus a few knobs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from speculators.config.base import StrictModel
+
+LOGGERS = ("tensorboard", "wandb", "trackio")
+
+
+class TrainConfig(StrictModel):
+    """Train an EAGLE-3 draft on datagen's hidden states."""
+
+    verifier_name_or_path: str = Field(
+        ..., description="Verifier model dir or cached hub name (the model the data came from)."
+    )
+    data_path: Path = Field(
+        Path("./data"), description="Directory searched recursively for datagen's .pt files."
+    )
+    save_path: Path = Field(
+        Path("./checkpoints"), description="Checkpoints go to SAVE_PATH/{epoch}/."
+    )
+    epochs: int = Field(20, ge=1, description="Number of passes over the training data.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate of AdamW.")
+    no_resume_from_checkpoint: bool = Field(
+        False,
+        description="Start from scratch (overwriting checkpoints) instead of resuming from the "
+        "newest complete epoch in --save-path.",
+    )
+    logger: str = Field(
+        "",
+        description="Comma-separated loggers: tensorboard, wandb, trackio ('' = console only).",
+    )
+    total_seq_len: int = Field(
+        8192, ge=16, description="Tokens per packed training row (documents are packed)."
+    )
+    data_format_version: int = Field(
+        1, ge=0, le=1, description="Sample file format: 1 (datagen's) or 0 (old format)."
+    )
+    log_dir: Path = Field(Path("./logs"), description="Where loggers write.")
+    run_name: str | None = Field(None, description="Run name shown by the loggers.")
+    num_layers: int = Field(1, ge=1, description="Decoder layers in the draft.")
+    d2t_path: Path = Field(Path("d2t.npy"), description="Draft-to-target map from `vocab`.")
+    t2d_path: Path = Field(Path("t2d.npy"), description="Target-to-draft mask from `vocab`.")
+    ttt_steps: int = Field(3, description="Training-time-test steps (draft tokens trained).")
+    ttt_step_loss_decay: float = Field(
+        1.0, gt=0, description="Loss weight of TTT step s is DECAY ** s."
+    )
+    # Beyond the reference.
+    seed: int = Field(0, description="Seed for init, data split and shuffling.")
+    warmup_steps: int = Field(
+        -1, ge=-1, description="Linear LR warmup steps (-1: 5% of all steps)."
+    )
+    lr_decay: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="LR decay after warmup, down to 10% of --lr."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    val_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Fraction of samples held out for validation."
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="Where to train (auto: cuda if available)."
+    )
+    attention: Literal["auto", "dense", "flex"] = Field(
+        "auto", description="TTT attention: dense mask (CPU) or flex (GPU); auto picks."
+    )
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes.")
+    max_steps_per_epoch: int | None = Field(
+        None, ge=1, description="Cap on optimizer steps per epoch (quick runs and tests)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.ttt_steps < 1:
+            raise ValueError(
+                f"--ttt-steps must be at least 1 (got {self.ttt_steps}): step 0 is the draft's "
+                "plain prediction; 3 is the usual choice."
+            )
+        unknown = [name for name in self.logger_names if name not in LOGGERS]
+        if unknown:
+            raise ValueError(
+                f"--logger {self.logger!r}: unknown logger {unknown[0]!r}. Use a comma-separated "
+                f"list of {', '.join(LOGGERS)}, or '' for the console only."
+            )
+        return self
+
+    @property
+    def logger_names(self) -> list[str]:
+        return [name.strip() for name in self.logger.split(",") if name.strip()]

@@ -1,0 +1,175 @@
+"""Training data: datagen's sample files, checked, split, and packed into rows of T tokens.
+
+A packed row holds whole documents one after another (truncated to T if longer), each with its
+own positions from 0 and its own document id; padding has document id -1 and loss mask 0.
+Packing and order are a pure function of (seed, epoch), so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from speculators.artifacts.samples import list_sample_files, load_sample
+from speculators.errors import UserInputError
+
+
+@dataclass
+class DataIndex:
+    """Every sample file with its length, and the train/validation split."""
+
+    files: list[Path]
+    lengths: list[int]
+    train: list[int]
+    val: list[int]
+    num_aux_layers: int
+    hidden_size: int
+
+
+def _scan(path: Path, data_format_version: int) -> tuple[int, int, int]:
+    """(length, number of aux layers, hidden size) of one file, read via mmap (cheap)."""
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        length = int(record["input_ids"].shape[0])
+        if "hidden_states" in record:
+            found, states = 1, record["hidden_states"]
+            num_aux, hidden = len(states) - 1, int(states[-1].shape[-1])
+        else:
+            found, hidden = 0, int(record["target"].shape[-1])
+            num_aux = int(record["hidden_state"].shape[-1]) // hidden
+    except Exception as e:  # torch raises many types for corrupt files
+        raise UserInputError(
+            f"sample file {path} is corrupt or not a speculators sample "
+            f"({e.__class__.__name__}: {e}). Delete it and rerun `speculators datagen` to "
+            "regenerate it."
+        ) from None
+    if found != data_format_version:
+        raise UserInputError(
+            f"sample file {path} is data format version {found}, but --data-format-version is "
+            f"{data_format_version}. Pass --data-format-version {found}."
+        )
+    return length, num_aux, hidden
+
+
+def index_data(
+    data_path: Path, data_format_version: int, val_fraction: float, seed: int
+) -> DataIndex:
+    """Find and check every sample under `data_path`; hold out `val_fraction` of them."""
+    files = list_sample_files(data_path) if data_path.is_dir() else []
+    if not files:
+        raise UserInputError(
+            f"--data-path {data_path}: no .pt sample files found (searched recursively). Point "
+            "it at the --output-dir of `speculators datagen`."
+        )
+    lengths, shapes = [], set()
+    for path in files:
+        length, num_aux, hidden = _scan(path, data_format_version)
+        lengths.append(length)
+        shapes.add((num_aux, hidden))
+        if len(shapes) > 1:
+            raise UserInputError(
+                f"sample file {path} has {num_aux} aux layers of size {hidden}, unlike the "
+                f"files before it ({sorted(shapes)}): --data-path mixes data from different "
+                "verifiers or layer choices. Use one datagen output per training run."
+            )
+    order = list(range(len(files)))
+    random.Random(seed).shuffle(order)
+    num_val = math.ceil(val_fraction * len(files)) if len(files) > 1 else 0
+    num_aux, hidden = shapes.pop()
+    return DataIndex(files, lengths, order[num_val:], sorted(order[:num_val]), num_aux, hidden)
+
+
+def pack(indices: list[int], lengths: list[int], total_seq_len: int) -> list[list[int]]:
+    """Next-fit packing in the given order: each row's documents sum to <= total_seq_len."""
+    rows: list[list[int]] = []
+    used = total_seq_len
+    for i in indices:
+        n = min(lengths[i], total_seq_len)
+        if used + n > total_seq_len:
+            rows.append([])
+            used = 0
+        rows[-1].append(i)
+        used += n
+    return rows
+
+
+def epoch_rows(index: DataIndex, total_seq_len: int, seed: int, epoch: int) -> list[list[int]]:
+    """This epoch's training rows: samples shuffled by (seed, epoch), then packed."""
+    order = list(index.train)
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return pack(order, index.lengths, total_seq_len)
+
+
+class PackedRows(Dataset):
+    """Row r -> one packed row of tensors. A bad file gives {"error": message} instead of
+    raising, so the main process can stop with a clean error rather than a worker traceback."""
+
+    def __init__(
+        self, files: list[Path], rows: list[list[int]], total_seq_len: int, version: int
+    ) -> None:
+        self.files, self.rows, self.total_seq_len, self.version = (
+            files,
+            rows,
+            total_seq_len,
+            version,
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, r: int) -> dict[str, Any]:
+        try:
+            samples = [load_sample(self.files[i], self.version) for i in self.rows[r]]
+        except UserInputError as e:
+            return {"error": str(e)}
+        t = self.total_seq_len
+        ids, mask = torch.zeros(t, dtype=torch.long), torch.zeros(t, dtype=torch.long)
+        doc = torch.full((t,), -1, dtype=torch.long)
+        pos = torch.zeros(t, dtype=torch.long)
+        hidden = samples[0].last_hidden_state.shape[1]
+        aux = torch.zeros(t, len(samples[0].aux_hidden_states) * hidden, dtype=torch.bfloat16)
+        last = torch.zeros(t, hidden, dtype=torch.bfloat16)
+        start = 0
+        for d, s in enumerate(samples):
+            n = min(s.input_ids.shape[0], t - start)
+            span = slice(start, start + n)
+            ids[span], mask[span] = s.input_ids[:n], s.loss_mask[:n]
+            doc[span], pos[span] = d, torch.arange(n)
+            aux[span] = torch.cat([h[:n] for h in s.aux_hidden_states], dim=-1).to(aux.dtype)
+            last[span] = s.last_hidden_state[:n].to(last.dtype)
+            start += n
+        return {
+            "input_ids": ids,
+            "loss_mask": mask,
+            "doc_ids": doc,
+            "position_ids": pos,
+            "aux_hidden_states": aux,
+            "last_hidden_state": last,
+        }
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    errors = [it["error"] for it in items if "error" in it]
+    if errors:
+        return {"error": errors[0]}
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def make_loader(dataset: PackedRows, num_workers: int, pin_memory: bool, seed: int) -> DataLoader:
+    """One packed row per batch, in the dataset's (already shuffled) order."""
+    return DataLoader(
+        dataset,
+        batch_size=1,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        collate_fn=collate,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -1,0 +1,202 @@
+"""`speculators train` in one process: check inputs, build the draft, resume, train, save.
+
+    speculators train --verifier-name-or-path ./tiny-llama --data-path ./data \
+        --d2t-path ./vocab/d2t.npy --t2d-path ./vocab/t2d.npy --epochs 2 --total-seq-len 512
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from speculators import __version__
+from speculators.artifacts.checkpoint import find_latest_complete_checkpoint, speculators_config
+from speculators.artifacts.data_config import find_data_config
+from speculators.artifacts.layer_ids import default_layer_ids, to_vllm_aux_layer_ids
+from speculators.artifacts.vocab_mapping import draft_to_target_ids, load_vocab_mapping
+from speculators.config.train import TrainConfig
+from speculators.errors import UserInputError
+from speculators.models.eagle3 import Eagle3Draft, draft_layer_config, layer_config_dict
+from speculators.models.verifier import load_verifier_config, read_verifier_head
+from speculators.train.data import DataIndex, PackedRows, epoch_rows, index_data, make_loader, pack
+from speculators.train.loggers import MetricLoggers
+from speculators.train.step import VerifierTargets
+from speculators.train.trainer import Trainer, TrainerOptions
+
+VERIFIER_FLAG = "--verifier-name-or-path"
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]
+    checkpoint: Path | None
+    resumed_from: Path | None
+    num_train_samples: int
+    num_val_samples: int
+    layer_ids: list[int]
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device cuda: no CUDA GPU is visible. Use --device cpu or auto.")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def check_layers(config: TrainConfig, verifier: Any, index: DataIndex) -> list[int]:
+    """The data's layer ids (from data_config.json), checked against the verifier and files."""
+    n, hidden = verifier.num_hidden_layers, verifier.hidden_size
+    if index.hidden_size != hidden:
+        raise UserInputError(
+            f"the samples under --data-path {config.data_path} have hidden size "
+            f"{index.hidden_size} but the verifier {config.verifier_name_or_path} has {hidden}: "
+            "they were generated with another model. Pass the verifier the data came from."
+        )
+    data_config = find_data_config(config.data_path)
+    ids = data_config.hidden_states.layer_ids if data_config else default_layer_ids(n)
+    where = "data_config.json" if data_config else "the automatic choice (no data_config.json)"
+    if max(ids) >= n or ids[-1] != n - 1:
+        raise UserInputError(
+            f"layer ids {ids} from {where} do not fit the verifier {config.verifier_name_or_path} "
+            f"({n} decoder layers; the last id must be its last layer, {n - 1}): the data was "
+            "generated with another model. Pass the verifier the data came from."
+        )
+    if len(ids) - 1 != index.num_aux_layers:
+        raise UserInputError(
+            f"the samples under --data-path {config.data_path} hold {index.num_aux_layers} "
+            f"auxiliary layers but {where} lists {len(ids) - 1} ({ids[:-1]}). The files and "
+            "data_config.json disagree; regenerate the data with `speculators datagen`."
+        )
+    return list(ids)
+
+
+def build_model(
+    config: TrainConfig, verifier: Any, d2t: np.ndarray, t2d: np.ndarray, num_aux: int
+) -> tuple[Eagle3Draft, VerifierTargets]:
+    head = read_verifier_head(config.verifier_name_or_path, verifier.rms_norm_eps, VERIFIER_FLAG)
+    torch.manual_seed(config.seed)
+    layer_config = draft_layer_config(verifier, config.num_layers)
+    model = Eagle3Draft(layer_config, int(d2t.shape[0]), num_aux, verifier.hidden_size)
+    t2d_t = torch.from_numpy(t2d)
+    model.init_from_verifier(head.embed_tokens_VH, head.lm_head_VH, torch.from_numpy(d2t), t2d_t)
+    target_ids = torch.from_numpy(draft_to_target_ids(d2t))
+    targets = VerifierTargets(head.norm_H, head.lm_head_VH, head.rms_norm_eps, target_ids)
+    return model, targets
+
+
+def _targets_to(targets: VerifierTargets, device: torch.device) -> VerifierTargets:
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return VerifierTargets(
+        targets.norm_H.to(device),
+        targets.lm_head_VH.to(device, dtype),
+        targets.eps,
+        targets.draft_target_ids.to(device),
+    )
+
+
+def run_train(config: TrainConfig, progress: Any = None) -> TrainResult:
+    """Train per `config`. `progress`, if given, gets `start(epochs, steps_per_epoch)`,
+    `step(global_step, metrics)` and `epoch(epoch, summary)` calls (the CLI's rich view)."""
+    verifier = load_verifier_config(config.verifier_name_or_path, VERIFIER_FLAG)
+    index = index_data(
+        config.data_path, config.data_format_version, config.val_fraction, config.seed
+    )
+    layer_ids = check_layers(config, verifier, index)
+    d2t, t2d = load_vocab_mapping(config.d2t_path, config.t2d_path, verifier.vocab_size)
+    device = resolve_device(config.device)
+    loggers = MetricLoggers(
+        config.logger_names, config.log_dir, config.run_name, config.model_dump(mode="json")
+    )
+    model, targets = build_model(config, verifier, d2t, t2d, index.num_aux_layers)
+    cap = config.max_steps_per_epoch or 10**12
+    rows_per_epoch = [
+        min(cap, len(epoch_rows(index, config.total_seq_len, config.seed, e)))
+        for e in range(config.epochs)
+    ]
+    total = sum(rows_per_epoch)
+    warmup = config.warmup_steps if config.warmup_steps >= 0 else max(1, total // 20)
+    attention = config.attention
+    if attention == "auto":
+        attention = "flex" if device.type == "cuda" else "dense"
+    options = TrainerOptions(
+        epochs=config.epochs,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        ttt_steps=config.ttt_steps,
+        ttt_step_loss_decay=config.ttt_step_loss_decay,
+        total_steps=total,
+        warmup_steps=min(warmup, total),
+        lr_decay=config.lr_decay,
+        attention=attention,
+        seed=config.seed,
+    )
+    config_json = speculators_config(
+        transformer_layer_config=layer_config_dict(model.config),
+        draft_vocab_size=int(d2t.shape[0]),
+        target_hidden_size=verifier.hidden_size,
+        vllm_aux_layer_ids=to_vllm_aux_layer_ids(layer_ids),
+        verifier_name_or_path=config.verifier_name_or_path,
+        verifier_architectures=list(getattr(verifier, "architectures", None) or []),
+        speculative_tokens=config.ttt_steps,
+        speculators_version=__version__,
+    )
+    trainer = Trainer(
+        model.to(device),
+        _targets_to(targets, device),
+        options,
+        device,
+        config.save_path,
+        config_json,
+    )
+    resumed = None
+    if not config.no_resume_from_checkpoint:
+        resumed = find_latest_complete_checkpoint(config.save_path)
+        if resumed is not None:
+            trainer.resume(resumed)
+
+    pin = device.type == "cuda"
+
+    def train_batches(epoch: int) -> Any:
+        rows = epoch_rows(index, config.total_seq_len, config.seed, epoch)
+        data = PackedRows(index.files, rows, config.total_seq_len, config.data_format_version)
+        loader = make_loader(data, config.num_workers, pin, config.seed + epoch)
+        return itertools.islice(loader, cap)
+
+    val_rows = pack(index.val, index.lengths, config.total_seq_len)
+    val_data = PackedRows(index.files, val_rows, config.total_seq_len, config.data_format_version)
+
+    def val_batches() -> Any:
+        return make_loader(val_data, config.num_workers, pin, config.seed)
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        loggers.log(metrics, step)
+        if progress:
+            progress.step(step, metrics)
+
+    def on_epoch(epoch: int, summary: dict[str, float]) -> None:
+        loggers.log({f"epoch/{k}": v for k, v in summary.items()}, trainer.global_step)
+        if progress:
+            progress.epoch(epoch, summary)
+
+    trainer.on_step, trainer.on_epoch = on_step, on_epoch
+    if progress:
+        progress.start(trainer.epoch, config.epochs, rows_per_epoch)
+    try:
+        history = trainer.train(train_batches, val_batches if val_rows else None)
+    finally:
+        loggers.close()
+    return TrainResult(
+        history=history,
+        checkpoint=find_latest_complete_checkpoint(config.save_path),
+        resumed_from=resumed,
+        num_train_samples=len(index.train),
+        num_val_samples=len(index.val),
+        layer_ids=layer_ids,
+    )

@@ -1,0 +1,212 @@
+"""The training loop: optimizer and schedule, one step, validation, checkpoints, resume.
+
+Nothing here knows about processes or ranks: a distributed wrapper passes `is_main` and wraps
+the model; step, evaluation and saving are separate methods it can call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from speculators.artifacts import checkpoint as ckpt
+from speculators.errors import UserInputError
+from speculators.models.eagle3 import Eagle3Draft
+from speculators.train.attention import AttentionImpl
+from speculators.train.loss import TTTMetrics
+from speculators.train.step import VerifierTargets, ttt_forward
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, decay: str, floor: float = 0.1) -> Callable:
+    """LR multiplier: linear warmup to 1, then cosine/linear decay to `floor` (or constant)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if decay == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if decay == "cosine" else 1 - progress
+        return floor + (1 - floor) * shape
+
+    return factor
+
+
+@dataclass
+class TrainerOptions:
+    epochs: int
+    lr: float
+    weight_decay: float
+    max_grad_norm: float
+    ttt_steps: int
+    ttt_step_loss_decay: float
+    total_steps: int
+    warmup_steps: int
+    lr_decay: str
+    attention: AttentionImpl
+    seed: int
+
+
+@dataclass
+class Trainer:
+    """Owns the model, optimizer and schedule; `train` runs epochs given a loader factory."""
+
+    model: Eagle3Draft
+    targets: VerifierTargets
+    options: TrainerOptions
+    device: torch.device
+    save_path: Path
+    config_json: dict[str, Any]
+    is_main: bool = True
+    on_step: Callable[[int, dict[str, float]], None] | None = None
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None
+    epoch: int = 0  # the next epoch to run
+    global_step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        o = self.options
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(
+            params, lr=o.lr, weight_decay=o.weight_decay, betas=(0.9, 0.95), fused=fused
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(o.total_steps, o.warmup_steps, o.lr_decay)
+        )
+
+    def _autocast(self) -> Any:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if "error" in batch:
+            raise UserInputError(batch["error"])
+        out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if self.device.type == "cpu":  # bf16 matmuls are far slower than fp32 on CPUs
+            for k in ("aux_hidden_states", "last_hidden_state"):
+                out[k] = out[k].float()
+        return out
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One optimizer step on one batch; returns this step's metrics."""
+        start = time.perf_counter()
+        o = self.options
+        self.model.train()
+        batch = self._to_device(batch)
+        with self._autocast():
+            loss, metrics = ttt_forward(
+                self.model, batch, self.targets, o.ttt_steps, o.ttt_step_loss_decay, o.attention
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], o.max_grad_norm
+        )
+        self.optimizer.step()
+        self.scheduler.step()
+        self.global_step += 1
+        out = metrics.summary("train/")
+        out["train/loss"] = float(loss.detach())
+        out["train/grad_norm"] = float(grad_norm)
+        out["train/lr"] = self.scheduler.get_last_lr()[0]
+        out["train/tokens_per_s"] = metrics.num_tokens / (time.perf_counter() - start)
+        self._last_metrics = metrics
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[dict[str, Any]]) -> TTTMetrics:
+        """Metrics of the current weights over `batches` (no gradient, no update)."""
+        o = self.options
+        self.model.eval()
+        total = TTTMetrics(o.ttt_steps)
+        for batch in batches:
+            with self._autocast():
+                _, metrics = ttt_forward(
+                    self.model,
+                    self._to_device(batch),
+                    self.targets,
+                    o.ttt_steps,
+                    o.ttt_step_loss_decay,
+                    o.attention,
+                )
+            total.merge(metrics)
+        return total
+
+    def save(self, epoch: int, summary: dict[str, float]) -> Path:
+        """Write `save_path/{epoch}` (a complete checkpoint or nothing)."""
+        state = self.model.state_dict()
+        return ckpt.save_checkpoint(
+            self.save_path / str(epoch),
+            model_state=state,
+            config=self.config_json,
+            optimizer_state=self.optimizer.state_dict(),
+            scheduler_state=self.scheduler.state_dict(),
+            trainer_state={"master_weights": {k: v.detach().cpu() for k, v in state.items()}},
+            training_state={
+                "epoch": epoch,
+                "global_step": self.global_step,
+                "complete": True,
+                "metrics": summary,
+            },
+        )
+
+    def resume(self, checkpoint_dir: Path) -> None:
+        """Continue exactly after the checkpoint's epoch: fp32 weights, optimizer, schedule."""
+        state_path = checkpoint_dir / ckpt.TRAINER_STATE_FILE
+        if not state_path.is_file():
+            raise UserInputError(
+                f"checkpoint {checkpoint_dir} has no {ckpt.TRAINER_STATE_FILE}, so training "
+                "cannot continue from it. Pass --no-resume-from-checkpoint to start over, or "
+                "another --save-path."
+            )
+        load = lambda name: torch.load(  # noqa: E731
+            checkpoint_dir / name, map_location="cpu", weights_only=True
+        )
+        try:
+            self.model.load_state_dict(load(ckpt.TRAINER_STATE_FILE)["master_weights"])
+        except RuntimeError as e:
+            raise UserInputError(
+                f"checkpoint {checkpoint_dir} is of a different draft (other --num-layers, "
+                f"vocab or verifier): {str(e).splitlines()[0]} Pass --no-resume-from-checkpoint "
+                "to start over, or another --save-path."
+            ) from None
+        self.optimizer.load_state_dict(load(ckpt.OPTIMIZER_FILE))
+        self.scheduler.load_state_dict(load(ckpt.SCHEDULER_FILE))
+        state = ckpt.read_training_state(checkpoint_dir)
+        self.epoch, self.global_step = state["epoch"] + 1, state["global_step"]
+
+    def train(
+        self,
+        train_batches: Callable[[int], Iterable[dict[str, Any]]],
+        val_batches: Callable[[], Iterable[dict[str, Any]]] | None,
+    ) -> list[dict[str, float]]:
+        """Run the remaining epochs; after each, validate and save. Returns epoch summaries."""
+        while self.epoch < self.options.epochs:
+            epoch_metrics = TTTMetrics(self.options.ttt_steps)
+            start = time.perf_counter()
+            for batch in train_batches(self.epoch):
+                step_metrics = self.train_step(batch)
+                epoch_metrics.merge(self._last_metrics)
+                if self.on_step:
+                    self.on_step(self.global_step, step_metrics)
+            summary = epoch_metrics.summary("train/")
+            summary["train/tokens_per_s"] = epoch_metrics.num_tokens / (time.perf_counter() - start)
+            if val_batches is not None:
+                summary.update(self.evaluate(val_batches()).summary("val/"))
+            summary["epoch"] = self.epoch
+            if self.is_main:
+                self.save(self.epoch, summary)
+            if self.on_epoch:
+                self.on_epoch(self.epoch, summary)
+            self.history.append(summary)
+            self.epoch += 1
+        return self.history
