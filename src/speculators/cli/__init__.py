@@ -10,6 +10,7 @@ import typer
 from speculators import __version__
 from speculators.cli.common import expand_multi_value_flags
 from speculators.cli.datagen import datagen
+from speculators.cli.train import train
 from speculators.cli.vocab import vocab
 
 app = typer.Typer(
@@ -40,6 +41,7 @@ def _root(
 
 app.command("datagen")(datagen)
 app.command("vocab")(vocab)
+app.command("train")(train)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,51 @@
+"""Loss and metrics against hand-computed numbers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from speculators.train.loss import TTTMetrics, kl_and_correct, verifier_targets
+
+# Draft vocab = target ids [0, 2, 3] of a 5-token verifier vocab.
+TARGET_IDS = torch.tensor([0, 2, 3])
+D2T = TARGET_IDS - torch.arange(3)
+
+
+def test_forward_kl_and_accuracy_by_hand():
+    p = torch.tensor([[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]])
+    q = torch.tensor([[0.25, 0.25, 0.5], [0.25, 0.25, 0.5]])
+    # Verifier's full-vocab argmax: id 3 (= draft id 2, the draft's argmax) then id 1, which the
+    # draft vocab lacks, so the second is a miss even though the draft can't do better.
+    kl, correct = kl_and_correct(q.log(), p.log(), torch.tensor([3, 1]), D2T)
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.25 * math.log(1.0) + 0.25 * math.log(0.25 / 0.5)
+    assert abs(expected - 0.25 * math.log(2)) < 1e-12
+    torch.testing.assert_close(kl, torch.tensor([expected, expected]))
+    assert correct.tolist() == [True, False]
+
+
+def test_verifier_targets_use_final_norm_and_full_vocab_argmax():
+    hidden = torch.tensor([[3.0, -3.0]])  # rms 3 -> normalised to [1, -1], then * weight
+    norm_w = torch.tensor([2.0, 1.0])  # -> [2, -1]
+    lm_head = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.5, 0.0], [1.0, 0.0], [0.0, 5.0]])
+    # full logits: [0, 6, 1, 2, -5] -> argmax 1; draft logits (ids 0, 2, 3): [0, 1, 2]
+    logp, argmax = verifier_targets(hidden, norm_w, lm_head, 0.0, TARGET_IDS)
+    assert argmax.tolist() == [1]
+    z = math.log(math.exp(0) + math.exp(1) + math.exp(2))
+    torch.testing.assert_close(logp, torch.tensor([[0 - z, 1 - z, 2 - z]]))
+
+
+def test_acceptance_chain_and_expected_length_by_hand():
+    m = TTTMetrics(2)
+    scored = torch.tensor([True, True, True, True, False])
+    right0 = torch.tensor([True, True, False, True, True])
+    right1 = torch.tensor([True, False, True, True, True])
+    kl = torch.tensor([1.0, 2.0, 3.0, 4.0, 100.0])
+    m.add_step(0, kl, right0, scored, torch.ones(5, dtype=torch.bool))
+    m.add_step(1, kl, right1, scored, right0)
+    s = m.summary()
+    assert s["loss_0"] == 2.5 and s["acc_0"] == 0.75 and s["acc_1"] == 0.75
+    # step 1 given step 0 right: rows 0, 1, 3 -> rows 0, 3 right
+    assert s["cond_acc_0"] == 0.75 and abs(s["cond_acc_1"] - 2 / 3) < 1e-12
+    assert abs(s["accept_len"] - (1 + 0.75 + 0.75 * 2 / 3)) < 1e-12

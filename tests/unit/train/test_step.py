@@ -1,0 +1,91 @@
+"""Training-time test on a packed batch against a plain, sequential simulation of decoding.
+
+Independent pieces: the verifier's targets come from the Hugging Face model's own logits, and
+the draft's predictions from the draft's incremental-decoding path, one document at a time.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from speculators.artifacts.vocab_mapping import load_vocab_mapping
+from speculators.config import TrainConfig
+from speculators.models.eagle3 import DecodeCache
+from speculators.models.verifier import load_verifier_config
+from speculators.train.data import PackedRows, collate, index_data
+from speculators.train.run import build_model
+from speculators.train.step import ttt_forward
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_llama, train_data, tiny_vocab):
+    config = TrainConfig(
+        verifier_name_or_path=str(tiny_llama),
+        data_path=train_data,
+        d2t_path=tiny_vocab[0],
+        t2d_path=tiny_vocab[1],
+    )
+    verifier = load_verifier_config(str(tiny_llama), "--verifier-name-or-path")
+    d2t, t2d = load_vocab_mapping(config.d2t_path, config.t2d_path)
+    model, targets = build_model(config, verifier, d2t, t2d, num_aux=3)
+    torch.manual_seed(3)
+    for p in model.parameters():  # a trained-looking draft, not the near-zero init
+        if p.requires_grad:
+            p.data.normal_(0, 0.2)
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    index = index_data(train_data, 1, 0.0, 0)
+    return model.eval(), targets, hf, index
+
+
+def simulated_losses(model, hf, files, steps):
+    """Per step: (sum of KL, number scored) from decoding each document on its own."""
+    target_ids = torch.nonzero(model.t2d).flatten()
+    sums, counts = [0.0] * steps, [0] * steps
+    for path in files:
+        record = torch.load(path, weights_only=True)
+        ids, mask = record["input_ids"], record["loss_mask"]
+        n = len(ids)
+        with torch.no_grad():
+            logp = F.log_softmax(hf(ids[None]).logits[0][:, target_ids], -1)
+            fused = model.fuse(torch.cat(record["hidden_states"][:-1], -1).float())
+        for i in range(n - 2):
+            cache = DecodeCache()
+            # step 0 for rows 0..i: token j+1, verifier features of j, position j
+            with torch.no_grad():
+                logits, hidden = model.step(
+                    ids[None, 1 : i + 2], fused[None, : i + 1], torch.arange(i + 1)[None], cache
+                )
+                logits, hidden = logits[:, -1:], hidden[:, -1:]
+                for s in range(steps):
+                    if i + 2 + s >= n:  # the predicted token lies past the document's end
+                        break
+                    if s:
+                        tok = ids[None, i + 1 + s : i + 2 + s]
+                        logits, hidden = model.step(tok, hidden, torch.tensor([[i + s]]), cache)
+                    if mask[i + 2 + s]:
+                        p = logp[i + 1 + s]
+                        q = F.log_softmax(logits[0, 0], -1)
+                        sums[s] += float((p.exp() * (p - q)).sum())
+                        counts[s] += 1
+    return sums, counts
+
+
+def test_ttt_steps_equal_sequential_decoding_of_each_packed_document(setup):
+    model, targets, hf, index = setup
+    rows = [[0, 1, 2]]
+    batch = collate([PackedRows(index.files, rows, 128, 1)[0]])
+    assert (batch["doc_ids"] >= 0).sum() == sum(index.lengths[:3])
+    steps = 3
+    with torch.no_grad():
+        batch["aux_hidden_states"] = batch["aux_hidden_states"].float()
+        batch["last_hidden_state"] = batch["last_hidden_state"].float()
+        loss, metrics = ttt_forward(model, batch, targets, steps, 0.5)
+    sums, counts = simulated_losses(model, hf, index.files[:3], steps)
+    assert metrics.scored == counts
+    for s in range(steps):
+        assert metrics.loss_sum[s] == pytest.approx(sums[s], rel=2e-3, abs=1e-4)
+    expected = sum(0.5**s * sums[s] / counts[s] for s in range(steps))
+    assert float(loss) == pytest.approx(expected, rel=2e-3)
