@@ -196,3 +196,86 @@ def sharegpt_file() -> Path:
 
     with dataset_path() as p:
         return Path(p)
+
+
+# ---- training data: real hidden states of a tiny verifier, written as datagen would --------
+
+TRAIN_LAYER_IDS = [1, 2, 3, 5]  # for the 6-layer tiny Llama: 3 aux layers, then its last layer
+
+
+def write_data_config(out: Path, verifier: Path, hidden: int, layer_ids: list[int], n: int):
+    from speculators.artifacts.data_config import DataConfig, format_schema, save_data_config
+
+    config = DataConfig(
+        generated_at="2026-01-01T00:00:00+00:00",
+        speculators_version="0.1.0",
+        reproducibility={
+            "command": "test",
+            "package_versions": {"torch": "x", "transformers": "x", "speculators": "0.1.0"},
+        },
+        model={"target_model_path": str(verifier), "max_model_len": 64, "hidden_size": hidden},
+        data={"train_data_path": "synthetic", "seq_length": 64, "num_samples": n},
+        hidden_states={"layer_ids": layer_ids},
+        generation={},
+        format={"schema": format_schema(hidden, len(layer_ids))},
+    )
+    return save_data_config(out, config)
+
+
+def make_training_data(
+    verifier: Path, out: Path, num_samples: int = 12, seed: int = 0, layer_ids=TRAIN_LAYER_IDS
+) -> Path:
+    """Sample files holding the verifier's real hidden states (pre-norm last layer, via a hook)
+    for short sequences repeating a 5-token pattern, loss mask on the last 3/4, and
+    data_config.json."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from speculators.artifacts.samples import sample_path, save_sample
+
+    model = AutoModelForCausalLM.from_pretrained(verifier).eval()
+    captured = {}
+    hook = model.model.layers[-1].register_forward_hook(
+        lambda m, i, o: captured.__setitem__("last", o[0] if isinstance(o, tuple) else o)
+    )
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for idx in range(num_samples):
+            length = int(torch.randint(20, 40, (1,), generator=g))
+            period = torch.randint(10, model.config.vocab_size, (5,), generator=g)
+            ids = period.repeat(length // 5 + 1)[:length]
+            hidden = model(ids[None], output_hidden_states=True).hidden_states
+            states = [hidden[i + 1][0] for i in layer_ids[:-1]] + [captured["last"][0]]
+            mask = torch.zeros(length, dtype=torch.long)
+            mask[length // 4 :] = 1
+            save_sample(sample_path(out, idx), ids, states, mask)
+    hook.remove()
+    write_data_config(out, verifier, model.config.hidden_size, layer_ids, num_samples)
+    return out
+
+
+def write_vocab_files(out: Path, vocab_size: int, draft_vocab_size: int):
+    """A d2t/t2d pair selecting the first `draft_vocab_size` ids."""
+    import numpy as np
+
+    from speculators.artifacts.vocab_mapping import save_vocab_mapping
+
+    target_ids = np.arange(draft_vocab_size, dtype=np.int64)
+    t2d = np.zeros(vocab_size, dtype=np.bool_)
+    t2d[target_ids] = True
+    return save_vocab_mapping(out, target_ids - np.arange(draft_vocab_size), t2d)
+
+
+@pytest.fixture(scope="session")
+def train_data(tiny_llama, tmp_path_factory) -> Path:
+    """12 samples of tiny_llama hidden states (data_config.json inside)."""
+    return make_training_data(tiny_llama, tmp_path_factory.mktemp("train-data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab(tiny_llama, tmp_path_factory) -> tuple[Path, Path]:
+    """(d2t.npy, t2d.npy) for tiny_llama: a draft vocab of all but its last 40 ids."""
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(tiny_llama).vocab_size
+    return write_vocab_files(tmp_path_factory.mktemp("vocab"), vocab, vocab - 40)

@@ -11,6 +11,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 from rich.console import Console
+from rich.markup import escape
 
 from speculators.config.base import flag
 from speculators.errors import UserInputError
@@ -32,7 +33,10 @@ def option(config_cls: type[BaseModel], name: str, *decls: str, **kwargs: Any) -
 
 def fail(message: str) -> NoReturn:
     """Print one clear error paragraph and exit with code 2 (the CLI's usage-error code)."""
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    # Escaped: messages may contain brackets (`pip install 'speculators[loggers]'`).
+    err_console.print(
+        f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True
+    )
     raise typer.Exit(2)
 
 
