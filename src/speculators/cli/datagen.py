@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.progress import (
     BarColumn,
@@ -23,6 +25,9 @@ from rich.table import Table
 
 from speculators.cli.common import build, command_line, console, option, user_errors
 from speculators.config import DatagenConfig
+
+if TYPE_CHECKING:
+    from speculators.datagen.run import DatagenResult
 
 
 def _progress() -> Progress:
@@ -80,35 +85,40 @@ def datagen(
     )
     from speculators.datagen.run import run_datagen
 
-    with user_errors(), _progress() as progress:
-        task = progress.add_task("datagen", total=None, rate="")
-        started: list[float] = []
+    progress = _progress()
+    task = progress.add_task("datagen", total=None, rate="")
+    started: list[float] = []
 
-        def on_progress(done: int, total: int, tokens: int) -> None:
-            import time
+    def on_progress(done: int, total: int, tokens: int) -> None:
+        # The bar appears once the verifier runs, not during checks and tokenization.
+        if not started:
+            started.append(time.perf_counter())
+            progress.start()
+        elapsed = time.perf_counter() - started[0]
+        rate = f"{tokens / elapsed:,.0f} tok/s" if elapsed > 0 and tokens else ""
+        progress.update(task, completed=done, total=total, rate=rate)
 
-            if not started:
-                started.append(time.perf_counter())
-            elapsed = time.perf_counter() - started[0]
-            rate = f"{tokens / elapsed:,.0f} tok/s" if elapsed > 0 and tokens else ""
-            progress.update(task, completed=done, total=total, rate=rate)
-
-        result = run_datagen(config, on_progress=on_progress, command=command_line())
-
+    try:
+        with user_errors():
+            result = run_datagen(config, on_progress=on_progress, command=command_line())
+    finally:
+        progress.stop()
     _summary(result)
 
 
-def _summary(result) -> None:
+def _summary(result: DatagenResult) -> None:
     table = Table(title="datagen", show_header=False)
     table.add_row("samples", f"{result.num_samples:,} ({result.num_generated:,} generated now)")
     table.add_row("tokens", f"{result.num_tokens:,}")
     table.add_row("supervised tokens", f"{result.num_supervised_tokens:,} (loss mask 1)")
-    skipped = (
-        f"{result.num_skipped_no_assistant:,} without an assistant turn, "
-        f"{result.num_skipped_truncated:,} without assistant tokens within --seq-length, "
-        f"{result.num_skipped_template_error:,} rejected by the chat template"
+    skipped = [
+        (result.num_skipped_no_assistant, "without an assistant turn"),
+        (result.num_skipped_truncated, "without assistant tokens within --seq-length"),
+        (result.num_skipped_template_error, "rejected by the chat template"),
+    ]
+    table.add_row(
+        "skipped conversations", ", ".join(f"{n:,} {why}" for n, why in skipped if n) or "none"
     )
-    table.add_row("skipped conversations", skipped)
     table.add_row("layer ids", f"{result.layer_ids} ({result.backend} backend)")
     table.add_row("bytes written", f"{result.bytes_written / 2**20:,.1f} MiB")
     table.add_row("throughput", f"{result.tokens_per_second:,.0f} tokens/s")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from speculators.artifacts.data_config import DATA_CONFIG_FILE
 from speculators.artifacts.layer_ids import resolve_layer_ids
 from speculators.artifacts.samples import sample_path, save_sample
 from speculators.artifacts.token_freq import TokenFreqMeta, save_token_freq
@@ -63,10 +64,6 @@ class DatagenResult:
 
 
 def _empty_data_error(config: DatagenConfig, data: TokenizedData, total: int) -> UserInputError:
-    if total == 0:
-        return UserInputError(
-            f"--train-data-path {config.train_data_path}: the data set is empty (no conversations)."
-        )
     return UserInputError(
         f"--train-data-path {config.train_data_path}: none of the {total} conversations is "
         f"usable: {data.num_no_assistant} have no assistant turn, {data.num_template_errors} "
@@ -158,15 +155,25 @@ def run_datagen(
     """Generate (or finish generating) the training data `config` describes."""
     from transformers import AutoTokenizer
 
-    from speculators.datagen.backends import load_backend
+    from speculators.datagen.backends import load_backend, resolve_backend_name
     from speculators.models.verifier import load_verifier_config
 
     start = time.perf_counter()
+    backend_name = resolve_backend_name(config)  # an unusable --backend/--device fails now
+    if backend_name == "transformers":
+        from speculators.datagen.backends.transformers import resolve_device
+
+        resolve_device(config.device)
     verifier = load_verifier_config(config.target_model_path, "--target-model-path")
     layer_ids = resolve_layer_ids(config.layer_ids, verifier.num_hidden_layers)
     tokenizer = AutoTokenizer.from_pretrained(config.target_model_path)
     check_tokenizer(tokenizer, config.target_model_path)
     raw = load_raw_data(config.train_data_path, config.cache_dir)
+    if len(raw.dataset) == 0:
+        raise UserInputError(
+            f"--train-data-path {config.train_data_path}: the data set is empty (no "
+            "conversations). Point it at a file or dataset with at least one conversation."
+        )
     data = tokenize_dataset(
         raw, tokenizer, config.seq_length, config.max_samples, config.seed, config.cache_dir
     )
@@ -185,27 +192,34 @@ def run_datagen(
     )
     check_token_freq_path(config, meta)
 
+    # Nothing is written before this point. A complete dir (same fingerprint, every sample
+    # present) needs no verifier at all.
     todo = [i for i in range(data.num_samples) if not sample_path(config.output_dir, i).is_file()]
-    backend = load_backend(config, layer_ids)
-    try:
-        config.output_dir.mkdir(parents=True, exist_ok=True)
-        data_config_path = write_data_config(
-            config, verifier, backend, layer_ids, data.num_samples, fingerprint, command
-        )
+    data_config_path = config.output_dir / DATA_CONFIG_FILE
+    bytes_written, tokens, gen_seconds = 0, 0, 0.0
+    if todo:
+        backend = load_backend(config, layer_ids)
+        try:
+            config.output_dir.mkdir(parents=True, exist_ok=True)
+            data_config_path = write_data_config(
+                config, verifier, backend, layer_ids, data.num_samples, fingerprint, command
+            )
+            save_token_freq(config.token_freq_path, counts, meta)
+            if on_progress is not None:
+                on_progress(data.num_samples - len(todo), data.num_samples, 0)
+            gen_start = time.perf_counter()
+            bytes_written, tokens = _generate(config, backend, data, todo, on_progress)
+            gen_seconds = time.perf_counter() - gen_start
+        finally:
+            backend.close()
+    else:
         save_token_freq(config.token_freq_path, counts, meta)
-        if on_progress is not None:
-            on_progress(data.num_samples - len(todo), data.num_samples, 0)
-        gen_start = time.perf_counter()
-        bytes_written, tokens = _generate(config, backend, data, todo, on_progress)
-        gen_seconds = time.perf_counter() - gen_start
-    finally:
-        backend.close()
     return DatagenResult(
         output_dir=config.output_dir,
         data_config_path=data_config_path,
         token_freq_path=config.token_freq_path,
         layer_ids=layer_ids,
-        backend=backend.name,
+        backend=backend_name,
         num_samples=data.num_samples,
         num_generated=len(todo),
         num_tokens=sum(data.lengths()),

@@ -71,6 +71,10 @@ class TransformersBackend:
 
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the load report lists lm_head as unused: expected
         try:
             # AutoModel loads the base model only: the lm_head weights are never read.
             model = AutoModel.from_pretrained(config.target_model_path, dtype=dtype)
@@ -79,6 +83,8 @@ class TransformersBackend:
                 f"--target-model-path {config.target_model_path}: cannot load the model "
                 f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})."
             ) from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
         model = getattr(model, "language_model", model)  # multimodal wrappers: the text part
         return cls(model.to(device).eval(), layer_ids, device)
 
