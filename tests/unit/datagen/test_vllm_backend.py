@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import io
+import shutil
 
 import pytest
 import torch
@@ -15,13 +16,14 @@ from speculators.config import DatagenConfig
 from speculators.datagen.backends.vllm import (
     WORKER_EXTENSION,
     VllmBackend,
-    combine_layer_output,
     engine_kwargs,
     match_requests,
+    scratch_dir,
     split_steps,
     to_samples,
     vllm_version_supported,
 )
+from speculators.datagen.backends.vllm_worker import combine_layer_output
 
 
 def settings(**overrides) -> DatagenConfig:
@@ -61,6 +63,13 @@ def test_worker_extension_is_importable_by_its_qualified_name():
     cls = getattr(importlib.import_module(module), cls_name)
     for method in ("speculators_install", "speculators_record", "speculators_collect"):
         assert callable(getattr(cls, method))
+
+
+def test_scratch_dir_uses_shared_memory_only_when_it_has_room(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    assert scratch_dir(free // 4, shm=str(tmp_path)) == str(tmp_path)
+    assert scratch_dir(free, shm=str(tmp_path)) is None  # room for one batch is not enough
+    assert scratch_dir(1, shm=str(tmp_path / "absent")) is None
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")

@@ -1,7 +1,8 @@
 """The vLLM backend of datagen: prefill-only requests, hidden states captured by worker hooks.
 
 Targets vLLM 0.11.x-0.12.x (read from their source; see docs/datagen-vllm.md for the design).
-Everything below `VllmBackend` that does not need vllm is a pure function tested everywhere.
+The parts that do not need vllm are pure functions, tested everywhere; the hooks that run inside
+vLLM's workers are in vllm_worker.py.
 """
 
 from __future__ import annotations
@@ -11,17 +12,17 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, TypedDict
+from typing import Any, Protocol
 
 import torch
 
+from speculators.datagen.backends.vllm_worker import StepCapture
 from speculators.errors import UserInputError
 
 SUPPORTED_VLLM = ">=0.11,<0.13"
 INSTALL_HINT = "pip install 'speculators[datagen]'"
-WORKER_EXTENSION = f"{__name__}.HiddenStatesExtension"
+WORKER_EXTENSION = "speculators.datagen.backends.vllm_worker.HiddenStatesExtension"
 
 
 class EngineSettings(Protocol):
@@ -32,15 +33,6 @@ class EngineSettings(Protocol):
     tensor_parallel_size: int
     gpu_memory_utilization: float
     batch_size: int
-
-
-class StepCapture(TypedDict):
-    """What the worker records for one forward pass of vLLM's flattened token batch."""
-
-    req_ids: list[str]  # vLLM's batch order: request k owns the k-th run of tokens
-    positions: torch.Tensor  # long [T]
-    input_ids: torch.Tensor  # long [T]
-    hidden: torch.Tensor  # [num_layer_ids, T, H], our layer-id order
 
 
 def engine_kwargs(settings: EngineSettings) -> dict[str, Any]:
@@ -82,20 +74,6 @@ def vllm_version_supported(version: str) -> bool:
     except (IndexError, ValueError):
         return False
     return (major, minor) >= (0, 11) and (major, minor) < (0, 13)
-
-
-def combine_layer_output(output: Any) -> torch.Tensor:
-    """The true output of a vLLM decoder layer from what it returns.
-
-    vLLM's Llama-style layers return `(hidden, residual)` and leave the residual add to the
-    next layer's fused add+RMSNorm, so the layer's output (HF `hidden_states[i + 1]`) is
-    `hidden + residual`. It must be summed at once: the next layer's fused norm updates both
-    tensors in place.
-    """
-    if isinstance(output, tuple):
-        hidden, residual = output[0], output[1] if len(output) > 1 else None
-        return hidden if residual is None else hidden + residual
-    return output
 
 
 def split_steps(
@@ -165,94 +143,6 @@ def to_samples(per_request: Mapping[str, torch.Tensor], index: Mapping[str, int]
     return samples
 
 
-def find_decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The decoder layer stack of a vLLM causal LM (`model.model.layers`, Llama-style)."""
-    get_language_model = getattr(model, "get_language_model", None)  # multimodal wrappers
-    lm = get_language_model() if callable(get_language_model) else model
-    layers = getattr(getattr(lm, "model", None), "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise RuntimeError(
-            f"{type(model).__name__}: no `model.layers` decoder stack; the vllm backend supports "
-            "Llama-style models. Use --backend transformers for this model."
-        )
-    return layers
-
-
-class HiddenStatesExtension:
-    """Mixed into each vLLM GPU worker (`worker_extension_cls`); `self` is the worker.
-
-    Called through `LLM.collective_rpc`. Only tensor-parallel rank 0 records: after the
-    all-reduce every rank holds the same full hidden states.
-    """
-
-    model_runner: Any
-
-    def speculators_install(self, layer_ids: list[int]) -> int:
-        from vllm.distributed import get_tensor_model_parallel_rank
-
-        model = self.model_runner.model
-        layers = find_decoder_layers(model)
-        self._speculators_on = False
-        self._speculators_steps: list[StepCapture] = []
-        self._speculators_writer = get_tensor_model_parallel_rank() == 0
-        self._speculators_num = len(layer_ids)
-        if self._speculators_writer:
-            self._speculators_step: dict[str, Any] | None = None
-            model.register_forward_pre_hook(self._speculators_begin_step, with_kwargs=True)
-            for slot, layer_id in enumerate(layer_ids):
-                layers[layer_id].register_forward_hook(partial(self._speculators_layer, slot))
-            model.register_forward_hook(self._speculators_end_step)
-        return len(layers)
-
-    def speculators_record(self) -> None:
-        self._speculators_steps = []
-        self._speculators_on = True
-
-    def speculators_collect(self, path: str) -> str | None:
-        """Stop recording; rank 0 saves its steps to `path` (same host) and returns it."""
-        from speculators.artifacts.atomic import atomic_torch_save
-
-        self._speculators_on = False
-        if not self._speculators_writer:
-            return None
-        atomic_torch_save(path, self._speculators_steps)
-        self._speculators_steps = []
-        return path
-
-    def _speculators_begin_step(self, module: Any, args: tuple, kwargs: dict) -> None:
-        if not self._speculators_on:
-            return
-        input_ids, positions = kwargs.get("input_ids"), kwargs.get("positions")
-        if input_ids is None or positions is None or positions.dim() != 1:
-            raise RuntimeError("vllm backend: the model ran without token ids or 1-D positions.")
-        self._speculators_step = {
-            "req_ids": list(self.model_runner.input_batch.req_ids),
-            "positions": positions.to("cpu", torch.long),
-            "input_ids": input_ids.to("cpu", torch.long),
-            "hidden": {},
-        }
-
-    def _speculators_layer(self, slot: int, module: Any, args: tuple, output: Any) -> None:
-        if self._speculators_on and self._speculators_step is not None:
-            self._speculators_step["hidden"][slot] = combine_layer_output(output)
-
-    def _speculators_end_step(self, module: Any, args: tuple, output: Any) -> None:
-        step, self._speculators_step = self._speculators_step, None
-        if not self._speculators_on or step is None:
-            return
-        if len(step["hidden"]) != self._speculators_num:
-            raise RuntimeError("vllm backend: a hooked decoder layer did not run in this step.")
-        hidden = [step["hidden"][slot] for slot in range(self._speculators_num)]
-        self._speculators_steps.append(
-            StepCapture(
-                req_ids=step["req_ids"],
-                positions=step["positions"],
-                input_ids=step["input_ids"],
-                hidden=torch.stack(hidden).to("cpu"),  # one device sync per step
-            )
-        )
-
-
 class VllmBackend:
     """HiddenStatesBackend on vLLM: `capture` runs one prefill-only `LLM.generate` per batch."""
 
@@ -289,7 +179,9 @@ class VllmBackend:
 
         # NVML, not torch.cuda: a CUDA context in this process would force vLLM to spawn workers
         self.gpu_name = str(current_platform.get_device_name(0))
-        self._tmp = Path(tempfile.mkdtemp(prefix="speculators-vllm-", dir=_shm_or_none()))
+        batch_bytes = config.batch_size * config.seq_length * len(self.layer_ids) * self.hidden_size
+        scratch = scratch_dir(2 * batch_bytes)  # bf16
+        self._tmp = Path(tempfile.mkdtemp(prefix="speculators-vllm-", dir=scratch))
         self._batches = 0
         self._llm = None
         try:
@@ -341,6 +233,11 @@ def load_vllm_backend(config: EngineSettings, layer_ids: Sequence[int]) -> VllmB
     return VllmBackend(config, layer_ids)
 
 
-def _shm_or_none() -> str | None:
-    # Captures are handed from the worker to this process through a file: RAM-backed if possible.
-    return "/dev/shm" if Path("/dev/shm").is_dir() else None
+def scratch_dir(need_bytes: int, shm: str = "/dev/shm") -> str | None:
+    """Where the worker hands captures over: RAM-backed `shm` when it has room for two batches
+    (containers often mount a 64 MiB /dev/shm), else the system temp dir (None)."""
+    try:
+        free = shutil.disk_usage(shm).free
+    except OSError:
+        return None
+    return shm if free >= 2 * need_bytes else None
