@@ -10,6 +10,8 @@ import typer
 from speculators import __version__
 from speculators.cli.common import expand_multi_value_flags
 from speculators.cli.datagen import datagen
+from speculators.cli.eval import eval_command
+from speculators.cli.pipeline import pipeline
 from speculators.cli.train import train
 from speculators.cli.vocab import vocab
 
@@ -42,6 +44,8 @@ def _root(
 app.command("datagen")(datagen)
 app.command("vocab")(vocab)
 app.command("train")(train)
+app.command("eval")(eval_command)
+app.command("pipeline")(pipeline)
 
 
 def main(argv: list[str] | None = None) -> None:

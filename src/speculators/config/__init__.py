@@ -5,7 +5,17 @@ Nothing here imports torch: configs are built and validated before any heavy wor
 
 from speculators.config.base import StrictModel, flag
 from speculators.config.datagen import DatagenConfig
+from speculators.config.eval import EvalConfig
+from speculators.config.pipeline import PipelineConfig
 from speculators.config.train import TrainConfig
 from speculators.config.vocab import VocabConfig
 
-__all__ = ["DatagenConfig", "StrictModel", "TrainConfig", "VocabConfig", "flag"]
+__all__ = [
+    "DatagenConfig",
+    "EvalConfig",
+    "PipelineConfig",
+    "StrictModel",
+    "TrainConfig",
+    "VocabConfig",
+    "flag",
+]
