@@ -73,6 +73,16 @@ def _empty_data_error(config: DatagenConfig, data: TokenizedData, total: int) ->
     )
 
 
+def _notes(data_note: str | None, layer_ids: list[int], num_layers: int) -> list[str]:
+    notes = [data_note] if data_note else []
+    if layer_ids[-1] != num_layers - 1:
+        notes.append(
+            f"the last --layer-ids entry ({layer_ids[-1]}) is not the verifier's last layer "
+            f"({num_layers - 1}); training takes its targets from the last entry."
+        )
+    return notes
+
+
 def _fingerprint(config: DatagenConfig, data: TokenizedData, layer_ids: list[int]) -> str:
     """What the samples depend on: the tokenized data (tokenizer, data, seq_length, seed,
     max_samples), the model and the layers. Not batch size, device or backend."""
@@ -231,5 +241,5 @@ def run_datagen(
         bytes_written=bytes_written,
         seconds=time.perf_counter() - start,
         generation_seconds=gen_seconds,
-        notes=[raw.note] if raw.note else [],
+        notes=_notes(raw.note, layer_ids, verifier.num_hidden_layers),
     )
