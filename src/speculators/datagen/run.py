@@ -73,8 +73,8 @@ def _empty_data_error(config: DatagenConfig, data: TokenizedData, total: int) ->
     )
 
 
-def _notes(data_note: str | None, layer_ids: list[int], num_layers: int) -> list[str]:
-    notes = [data_note] if data_note else []
+def _notes(notes_so_far: list[str | None], layer_ids: list[int], num_layers: int) -> list[str]:
+    notes = [n for n in notes_so_far if n]
     if layer_ids[-1] != num_layers - 1:
         notes.append(
             f"the last --layer-ids entry ({layer_ids[-1]}) is not the verifier's last layer "
@@ -169,7 +169,7 @@ def run_datagen(
     from speculators.models.verifier import load_verifier_config
 
     start = time.perf_counter()
-    backend_name = resolve_backend_name(config)  # an unusable --backend/--device fails now
+    backend_name, backend_note = resolve_backend_name(config)  # a bad --backend fails now
     if backend_name == "transformers":
         from speculators.datagen.backends.transformers import resolve_device
 
@@ -241,5 +241,5 @@ def run_datagen(
         bytes_written=bytes_written,
         seconds=time.perf_counter() - start,
         generation_seconds=gen_seconds,
-        notes=_notes(raw.note, layer_ids, verifier.num_hidden_layers),
+        notes=_notes([raw.note, backend_note], layer_ids, verifier.num_hidden_layers),
     )

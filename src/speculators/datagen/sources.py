@@ -108,12 +108,18 @@ def _read_jsonl(path: Path, text: str) -> list[list[dict[str, str]]]:
 _SEPARATOR = re.compile(r"[\s,]*")
 
 
+def _skip_separators(text: str, pos: int) -> int:
+    match = _SEPARATOR.match(text, pos)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
+
+
 def _read_json_array(path: Path, text: str) -> tuple[list[list[dict[str, str]]], str | None]:
     """A JSON array read record by record, so a file cut off mid-record (the ShareGPT dump)
     still yields every complete record; a syntax error elsewhere is reported with its line."""
     decoder = json.JSONDecoder()
     convs: list[list[dict[str, str]]] = []
-    pos = _SEPARATOR.match(text, text.index("[") + 1).end()
+    pos = _skip_separators(text, text.index("[") + 1)
     while pos < len(text) and text[pos] != "]":
         try:
             record, pos = decoder.raw_decode(text, pos)
@@ -127,7 +133,7 @@ def _read_json_array(path: Path, text: str) -> tuple[list[list[dict[str, str]]],
             ) from None
         where = f"{path}, record {len(convs)}"
         convs.append(normalize_conversation(_record_turns(record, where), where))
-        pos = _SEPARATOR.match(text, pos).end()
+        pos = _skip_separators(text, pos)
     return convs, None
 
 

@@ -58,7 +58,7 @@ class TransformersBackend:
         self.layer_ids = list(layer_ids)
         self.device = device
         self.dtype = next(model.parameters()).dtype
-        config = model.config
+        config: Any = model.config
         self.hidden_size = int(config.hidden_size)
         self.num_layers = int(config.num_hidden_layers)
         self._captured: dict[int, torch.Tensor] = {}
