@@ -152,6 +152,16 @@ def test_config_mismatch_is_refused_then_overwritten(generated, workdir, tiny_ll
     assert snapshot(generated) == before
 
 
+def test_foreign_samples_are_refused(workdir, tiny_llama):
+    foreign = workdir / "foreign"
+    foreign.mkdir()
+    torch.save({"something": 1}, foreign / "data_0.pt")
+    res = invoke(*flags(workdir, tiny_llama, "foreign"))
+    assert res.exit_code == 2
+    assert "holds 1 sample files but no data_config.json" in " ".join(res.output.split())
+    assert torch.load(foreign / "data_0.pt") == {"something": 1}
+
+
 def test_overwrite_replaces(workdir, tiny_llama):
     res = invoke(*flags(workdir, tiny_llama, "ow", "--max-samples", "3"))
     assert res.exit_code == 0, res.output

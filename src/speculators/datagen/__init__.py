@@ -1,0 +1,1 @@
+"""`speculators datagen`: chat data -> verifier hidden states, loss masks and token counts."""

@@ -83,6 +83,12 @@ def _notes(notes_so_far: list[str | None], layer_ids: list[int], num_layers: int
     return notes
 
 
+def _tp_note(config: DatagenConfig, backend_name: str) -> str | None:
+    if backend_name == "transformers" and config.tensor_parallel_size > 1:
+        return "--tensor-parallel-size applies to the vllm backend; transformers used one device."
+    return None
+
+
 def _fingerprint(config: DatagenConfig, data: TokenizedData, layer_ids: list[int]) -> str:
     """What the samples depend on: the tokenized data (tokenizer, data, seq_length, seed,
     max_samples), the model and the layers. Not batch size, device or backend."""
@@ -176,7 +182,13 @@ def run_datagen(
         resolve_device(config.device)
     verifier = load_verifier_config(config.target_model_path, "--target-model-path")
     layer_ids = resolve_layer_ids(config.layer_ids, verifier.num_hidden_layers)
-    tokenizer = AutoTokenizer.from_pretrained(config.target_model_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.target_model_path)
+    except (OSError, ValueError) as e:
+        raise UserInputError(
+            f"--target-model-path {config.target_model_path}: cannot load its tokenizer "
+            f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})."
+        ) from None
     check_tokenizer(tokenizer, config.target_model_path)
     raw = load_raw_data(config.train_data_path, config.cache_dir)
     if len(raw.dataset) == 0:
@@ -241,5 +253,9 @@ def run_datagen(
         bytes_written=bytes_written,
         seconds=time.perf_counter() - start,
         generation_seconds=gen_seconds,
-        notes=_notes([raw.note, backend_note], layer_ids, verifier.num_hidden_layers),
+        notes=_notes(
+            [raw.note, backend_note, _tp_note(config, backend_name)],
+            layer_ids,
+            verifier.num_hidden_layers,
+        ),
     )
