@@ -52,8 +52,13 @@ def load_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
 
     if args.config:
         config = LlamaConfig(**CONFIGS[args.config])
-        with device:
-            model = LlamaForCausalLM(config).to(dtype)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)  # build in the target dtype: an fp32 8B would be 32 GB
+        try:
+            with device:
+                model = LlamaForCausalLM(config)
+        finally:
+            torch.set_default_dtype(default)
         return model.eval(), None
     path = Path(args.model) if args.model else smollm2_dir()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
@@ -98,26 +103,22 @@ def baseline(model, rows, layer_ids, device) -> float:
 
 def ours(model, rows, layer_ids, device, batch_size: int, out_dir: Path) -> float:
     """run.py's generation loop (length-sorted batches, hooks, writer thread) on the same model."""
-    from datasets import Dataset
+    from types import SimpleNamespace
 
-    from speculators.config import DatagenConfig
     from speculators.datagen.backends.transformers import TransformersBackend
-    from speculators.datagen.preprocess import TokenizedData
     from speculators.datagen.run import _generate
 
-    table = {
-        "input_ids": [r[0] for r in rows],
-        "loss_mask": [r[1] for r in rows],
-        "status": [0] * len(rows),
-        "length": [len(r[0]) for r in rows],
-    }
-    data = TokenizedData(Dataset.from_dict(table), list(range(len(rows))), "bench", 0, 0, 0)
-    config = DatagenConfig(
-        target_model_path="bench",
-        train_data_path="bench",
-        output_dir=out_dir,
-        batch_size=batch_size,
-    )
+    class Rows:  # what _generate reads of TokenizedData, without HF datasets (absent on GPU hosts)
+        num_samples = len(rows)
+
+        def sample(self, i: int) -> tuple[list[int], list[int]]:
+            return rows[i]
+
+        def lengths(self) -> list[int]:
+            return [len(ids) for ids, _ in rows]
+
+    data = Rows()
+    config = SimpleNamespace(output_dir=out_dir, batch_size=batch_size)
     backend = TransformersBackend(model.model, layer_ids, device)
     start = time.perf_counter()
     _generate(config, backend, data, list(range(len(rows))), None)
