@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import queue
 import threading
 import time
@@ -106,14 +107,20 @@ def _batches(data: TokenizedData, todo: list[int], batch_size: int) -> list[list
 
 
 class _Writer:
-    """Saves samples on a background thread; a bounded queue keeps memory flat."""
+    """Saves samples on background threads (several: each file is fsynced, and one thread
+    cannot keep up with a GPU); a bounded queue keeps memory flat."""
 
-    def __init__(self, max_pending: int):
+    def __init__(self, max_pending: int, num_threads: int = min(4, os.cpu_count() or 1)):
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
         self.bytes_written = 0
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="datagen-writer", daemon=True)
-        self.thread.start()
+        self._lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._run, name=f"datagen-writer-{i}", daemon=True)
+            for i in range(num_threads)
+        ]
+        for thread in self.threads:
+            thread.start()
 
     def _run(self) -> None:
         while (item := self.queue.get()) is not None:
@@ -121,7 +128,8 @@ class _Writer:
                 try:
                     path, *tensors = item
                     save_sample(path, *tensors)
-                    self.bytes_written += path.stat().st_size
+                    with self._lock:
+                        self.bytes_written += path.stat().st_size
                 except BaseException as e:  # re-raised on the main thread
                     self.error = e
 
@@ -131,8 +139,10 @@ class _Writer:
         self.queue.put(item)
 
     def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
+        for _ in self.threads:
+            self.queue.put(None)
+        for thread in self.threads:
+            thread.join()
         if self.error is not None:
             raise self.error
 
