@@ -1,9 +1,9 @@
 """Conversations -> token ids and a loss mask that is 1 exactly on assistant-written tokens.
 
 The mask comes from character offsets, not from `{% generation %}` markers (most templates have
-none): the conversation is rendered once with the tokenizer's own chat template, each assistant
-message is located in the rendered text (searching from where the template's rendering of the
-preceding messages ends, so the same words in a user turn never match), and every token whose
+none): the conversation is rendered with the tokenizer's own chat template, each assistant
+message is located in the rendered text (from where a marker put in its place appears, so the
+same words in a user turn or a default system prompt never match), and every token whose
 characters overlap an assistant span gets mask 1. Role headers and end-of-turn tokens get 0.
 Results are cached by HF datasets under a fingerprint of tokenizer, data and settings.
 """
@@ -22,25 +22,26 @@ from speculators.datagen.sources import RawData, normalize_conversation
 from speculators.errors import UserInputError
 
 # Bump when tokenization or masking changes, so that old caches are not reused.
-PREPROCESS_VERSION = "1"
+PREPROCESS_VERSION = "2"
 
 OK, NO_ASSISTANT, TEMPLATE_ERROR, NO_SUPERVISED = 0, 1, 2, 3
 
 
-def _render_prefix(tokenizer: Any, messages: list[dict[str, str]], text: str) -> str | None:
-    """The rendering of `messages` if the full rendering `text` starts with it."""
-    if not messages:
-        return None
-    for add_generation_prompt in (True, False):
-        try:
-            prefix = tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt
-            )
-        except Exception:  # templates may reject a conversation that ends with a user turn
-            return None
-        if text.startswith(prefix):
-            return prefix
-    return None
+# Stands in for one message's content; private-use characters never occur in real chat data.
+MARKER = "\ue000speculators-content\ue001"
+
+
+def _content_start(tokenizer: Any, messages: list[dict[str, str]], k: int, text: str) -> int:
+    """Where message k's content begins in `text`: the conversation is rendered again with that
+    content replaced by a marker, and the text before the marker must be the same. 0 when the
+    template does not treat content as opaque (then the search starts after the previous turn)."""
+    probe = [*messages[:k], {**messages[k], "content": MARKER}, *messages[k + 1 :]]
+    try:
+        rendered = tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception:  # a template may validate content; fall back to the plain search
+        return 0
+    idx = rendered.find(MARKER)
+    return idx if idx >= 0 and text.startswith(rendered[:idx]) else 0
 
 
 def assistant_char_spans(
@@ -53,9 +54,7 @@ def assistant_char_spans(
         target = message["content"].strip()  # templates often trim; whitespace is not text
         if message["role"] != "assistant" or not target:
             continue
-        prefix = _render_prefix(tokenizer, messages[:k], text)
-        start = max(pos, len(prefix)) if prefix is not None else pos
-        found = text.find(target, start)
+        found = text.find(target, max(pos, _content_start(tokenizer, messages, k, text)))
         if found >= 0:
             spans.append((found, found + len(target)))
             pos = found + len(target)

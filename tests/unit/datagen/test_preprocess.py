@@ -84,6 +84,30 @@ def test_same_words_in_a_user_turn_are_not_masked(tokenizer):
     assert "Say hello" in unmasked
 
 
+SMOLLM2_LIKE = (  # SmolLM2's template: a default system prompt when none is given
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant named Fox<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+)
+
+
+def test_assistant_first_with_a_default_system_prompt(tiny_llama):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.chat_template = SMOLLM2_LIKE
+    messages = [
+        {"role": "assistant", "content": "Fox"},  # also in the default system prompt
+        {"role": "user", "content": "a helpful assistant"},
+        {"role": "assistant", "content": "a helpful assistant"},  # also in the user turn
+    ]
+    out = tokenize_conversation(tokenizer, messages, seq_length=10_000)
+    assert runs(tokenizer, out["input_ids"], out["loss_mask"]) == ["Fox", "a helpful assistant"]
+    unmasked = "".join(runs(tokenizer, out["input_ids"], out["loss_mask"], value=0))
+    assert "named Fox<|im_end|>" in unmasked and "user\na helpful assistant" in unmasked
+
+
 @pytest.mark.parametrize("seq_length", [5, 20, 37, 60])
 def test_truncation_keeps_masks_aligned(tokenizer, seq_length):
     full = tokenize_conversation(tokenizer, MULTI_TURN, seq_length=10_000)
