@@ -148,6 +148,7 @@ def run_pipeline(config: PipelineConfig, view: PipelineView | None = None) -> Pi
         fp = fingerprint(stage, configs[stage], upstream)
         upstream.append(fp)
         before_start = config.from_stage and STAGES.index(stage) < STAGES.index(config.from_stage)
+        forced = forced or stage == config.from_stage  # --from-stage re-runs, even if complete
         stored = state["stages"].get(stage, {})
         same = stored.get("fingerprint") == fp
         if before_start or (not forced and same and outputs_complete(stage, configs[stage])):

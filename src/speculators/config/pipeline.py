@@ -147,17 +147,16 @@ def load_config_file(path: Path) -> dict[str, Any]:
     except OSError as e:
         raise ValueError(f"--config {path}: cannot read it ({e.strerror}).") from None
     suffix = Path(path).suffix.lower()
-    try:
-        if suffix in (".yaml", ".yml"):
-            import yaml
+    if suffix in (".yaml", ".yml"):
+        import yaml
 
-            values = yaml.safe_load(text) or {}
-        elif suffix == ".toml":
-            values = _toml().loads(text)
-        else:
-            raise ValueError(f"--config {path}: use a .yaml, .yml or .toml file.")
-    except ValueError:
-        raise
+        parse = yaml.safe_load
+    elif suffix == ".toml":
+        parse = _toml().loads
+    else:
+        raise ValueError(f"--config {path}: use a .yaml, .yml or .toml file.")
+    try:
+        values = parse(text) or {}
     except Exception as e:  # yaml.YAMLError, tomllib.TOMLDecodeError
         first = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         raise ValueError(f"--config {path}: not valid {suffix[1:].upper()} ({first}).") from None
