@@ -2,16 +2,13 @@
 
 Order of work: every check that can fail on user input runs before anything is written, then
 token counts and data_config.json, then the samples that are still missing (a rerun resumes),
-in batches of similar length; files are written on a background thread while the next batch runs.
+in batches of similar length; files are written on background threads while the next batch runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +17,7 @@ from typing import Any
 
 from speculators.artifacts.data_config import DATA_CONFIG_FILE
 from speculators.artifacts.layer_ids import resolve_layer_ids
-from speculators.artifacts.samples import sample_path, save_sample
+from speculators.artifacts.samples import sample_path
 from speculators.artifacts.token_freq import TokenFreqMeta, save_token_freq
 from speculators.config import DatagenConfig
 from speculators.datagen.outputs import check_output_dir, check_token_freq_path, write_data_config
@@ -31,6 +28,7 @@ from speculators.datagen.preprocess import (
     tokenize_dataset,
 )
 from speculators.datagen.sources import load_raw_data
+from speculators.datagen.writer import SampleWriter
 from speculators.errors import UserInputError
 
 # on_progress(num_samples_done, num_samples_total, num_tokens_computed_this_run)
@@ -106,47 +104,6 @@ def _batches(data: TokenizedData, todo: list[int], batch_size: int) -> list[list
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-class _Writer:
-    """Saves samples on background threads (several: each file is fsynced, and one thread
-    cannot keep up with a GPU); a bounded queue keeps memory flat."""
-
-    def __init__(self, max_pending: int, num_threads: int = min(4, os.cpu_count() or 1)):
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
-        self.bytes_written = 0
-        self.error: BaseException | None = None
-        self._lock = threading.Lock()
-        self.threads = [
-            threading.Thread(target=self._run, name=f"datagen-writer-{i}", daemon=True)
-            for i in range(num_threads)
-        ]
-        for thread in self.threads:
-            thread.start()
-
-    def _run(self) -> None:
-        while (item := self.queue.get()) is not None:
-            if self.error is None:
-                try:
-                    path, *tensors = item
-                    save_sample(path, *tensors)
-                    with self._lock:
-                        self.bytes_written += path.stat().st_size
-                except BaseException as e:  # re-raised on the main thread
-                    self.error = e
-
-    def put(self, item: Any) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(item)
-
-    def close(self) -> None:
-        for _ in self.threads:
-            self.queue.put(None)
-        for thread in self.threads:
-            thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 def _generate(
     config: DatagenConfig,
     backend: Any,
@@ -158,7 +115,7 @@ def _generate(
     import torch
 
     done, tokens = data.num_samples - len(todo), 0
-    writer = _Writer(max_pending=2 * config.batch_size)
+    writer = SampleWriter(max_pending=2 * config.batch_size)
     try:
         for batch in _batches(data, todo, config.batch_size):
             samples = [data.sample(i) for i in batch]
@@ -175,31 +132,47 @@ def _generate(
     return writer.bytes_written, tokens
 
 
-def run_datagen(
-    config: DatagenConfig, on_progress: ProgressFn | None = None, command: str | None = None
-) -> DatagenResult:
-    """Generate (or finish generating) the training data `config` describes."""
+@dataclass
+class _Plan:
+    """Everything decided before the first write."""
+
+    verifier: Any
+    layer_ids: list[int]
+    data: TokenizedData
+    fingerprint: str
+    counts: dict[int, int]
+    meta: TokenFreqMeta
+    backend_name: str
+    notes: list[str]
+
+
+def _load_tokenizer(model_path: str) -> Any:
     from transformers import AutoTokenizer
 
-    from speculators.datagen.backends import load_backend, resolve_backend_name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as e:
+        raise UserInputError(
+            f"--target-model-path {model_path}: cannot load its tokenizer "
+            f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})."
+        ) from None
+    check_tokenizer(tokenizer, model_path)
+    return tokenizer
+
+
+def _plan(config: DatagenConfig) -> _Plan:
+    """Every check that can fail on user input, in the order a user would fix them."""
+    from speculators.datagen.backends import resolve_backend_name
     from speculators.models.verifier import load_verifier_config
 
-    start = time.perf_counter()
-    backend_name, backend_note = resolve_backend_name(config)  # a bad --backend fails now
+    backend_name, backend_note = resolve_backend_name(config)
     if backend_name == "transformers":
         from speculators.datagen.backends.transformers import resolve_device
 
         resolve_device(config.device)
     verifier = load_verifier_config(config.target_model_path, "--target-model-path")
     layer_ids = resolve_layer_ids(config.layer_ids, verifier.num_hidden_layers)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(config.target_model_path)
-    except (OSError, ValueError) as e:
-        raise UserInputError(
-            f"--target-model-path {config.target_model_path}: cannot load its tokenizer "
-            f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})."
-        ) from None
-    check_tokenizer(tokenizer, config.target_model_path)
+    tokenizer = _load_tokenizer(config.target_model_path)
     raw = load_raw_data(config.train_data_path, config.cache_dir)
     if len(raw.dataset) == 0:
         raise UserInputError(
@@ -223,20 +196,44 @@ def run_datagen(
         num_tokens=sum(counts.values()),
     )
     check_token_freq_path(config, meta)
+    notes = [raw.note, backend_note, _tp_note(config, backend_name)]
+    return _Plan(
+        verifier,
+        layer_ids,
+        data,
+        fingerprint,
+        counts,
+        meta,
+        backend_name,
+        _notes(notes, layer_ids, verifier.num_hidden_layers),
+    )
 
-    # Nothing is written before this point. A complete dir (same fingerprint, every sample
-    # present) needs no verifier at all.
+
+def run_datagen(
+    config: DatagenConfig, on_progress: ProgressFn | None = None, command: str | None = None
+) -> DatagenResult:
+    """Generate (or finish generating) the training data `config` describes."""
+    from speculators.datagen.backends import load_backend
+
+    start = time.perf_counter()
+    plan = _plan(config)  # nothing is written before this returns
+    data = plan.data
     todo = [i for i in range(data.num_samples) if not sample_path(config.output_dir, i).is_file()]
-    data_config_path = config.output_dir / DATA_CONFIG_FILE
     bytes_written, tokens, gen_seconds = 0, 0, 0.0
-    if todo:
-        backend = load_backend(config, layer_ids)
+    if todo:  # a complete dir (same fingerprint, every sample present) needs no verifier
+        backend = load_backend(config, plan.layer_ids)
         try:
             config.output_dir.mkdir(parents=True, exist_ok=True)
-            data_config_path = write_data_config(
-                config, verifier, backend, layer_ids, data.num_samples, fingerprint, command
+            write_data_config(
+                config,
+                plan.verifier,
+                backend,
+                plan.layer_ids,
+                data.num_samples,
+                plan.fingerprint,
+                command,
             )
-            save_token_freq(config.token_freq_path, counts, meta)
+            save_token_freq(config.token_freq_path, plan.counts, plan.meta)
             if on_progress is not None:
                 on_progress(data.num_samples - len(todo), data.num_samples, 0)
             gen_start = time.perf_counter()
@@ -245,17 +242,17 @@ def run_datagen(
         finally:
             backend.close()
     else:
-        save_token_freq(config.token_freq_path, counts, meta)
+        save_token_freq(config.token_freq_path, plan.counts, plan.meta)
     return DatagenResult(
         output_dir=config.output_dir,
-        data_config_path=data_config_path,
+        data_config_path=config.output_dir / DATA_CONFIG_FILE,
         token_freq_path=config.token_freq_path,
-        layer_ids=layer_ids,
-        backend=backend_name,
+        layer_ids=plan.layer_ids,
+        backend=plan.backend_name,
         num_samples=data.num_samples,
         num_generated=len(todo),
         num_tokens=sum(data.lengths()),
-        num_supervised_tokens=meta.num_tokens,
+        num_supervised_tokens=plan.meta.num_tokens,
         num_skipped_no_assistant=data.num_no_assistant,
         num_skipped_template_error=data.num_template_errors,
         num_skipped_truncated=data.num_no_supervised,
@@ -263,9 +260,5 @@ def run_datagen(
         bytes_written=bytes_written,
         seconds=time.perf_counter() - start,
         generation_seconds=gen_seconds,
-        notes=_notes(
-            [raw.note, backend_note, _tp_note(config, backend_name)],
-            layer_ids,
-            verifier.num_hidden_layers,
-        ),
+        notes=plan.notes,
     )
