@@ -1,0 +1,129 @@
+"""Pure training-step throughput of the EAGLE-3 draft on synthetic packed rows.
+
+No data loading, no checkpoints: random verifier head and hidden states of the right shapes,
+then timed `Trainer.train_step` calls (forward with TTT, backward, clip, AdamW).
+
+    python benchmarks/bench_train.py --config tiny --total-seq-len 1024          # CPU-sized
+    python benchmarks/bench_train.py --config llama-3.1-8b --total-seq-len 8192  # one GPU
+    python benchmarks/bench_train.py --config path/to/config.json ...            # any verifier
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, LlamaConfig
+
+from speculators.models.eagle3 import Eagle3Draft, draft_layer_config
+from speculators.train.step import VerifierTargets
+from speculators.train.trainer import Trainer, TrainerOptions
+
+PRESETS = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=1024, num_hidden_layers=6),
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, num_hidden_layers=30,
+                         rope_theta=100000.0, rms_norm_eps=1e-5),
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, num_hidden_layers=32,
+                         max_position_embeddings=131072, rms_norm_eps=1e-5,
+                         rope_theta=500000.0,
+                         rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                       "original_max_position_embeddings": 8192}),
+}  # fmt: skip
+
+
+def verifier_config(name: str):
+    if name in PRESETS:
+        return LlamaConfig(**PRESETS[name])
+    return AutoConfig.from_pretrained(Path(name).parent if name.endswith(".json") else name)
+
+
+def synthetic_batch(cfg, total_seq_len: int, seed: int) -> dict[str, torch.Tensor]:
+    """One packed row of documents of 200-1000 tokens, like PackedRows produces."""
+    g = torch.Generator().manual_seed(seed)
+    h, t = cfg.hidden_size, total_seq_len
+    doc, pos = torch.empty(t, dtype=torch.long), torch.empty(t, dtype=torch.long)
+    start, d = 0, 0
+    while start < t:
+        n = min(int(torch.randint(200, 1000, (1,), generator=g)), t - start)
+        doc[start : start + n], pos[start : start + n] = d, torch.arange(n)
+        start, d = start + n, d + 1
+    return {
+        "input_ids": torch.randint(0, cfg.vocab_size, (1, t), generator=g),
+        "loss_mask": torch.ones(1, t, dtype=torch.long),
+        "doc_ids": doc[None],
+        "position_ids": pos[None],
+        "aux_hidden_states": torch.randn(1, t, 3 * h, generator=g).to(torch.bfloat16),
+        "last_hidden_state": torch.randn(1, t, h, generator=g).to(torch.bfloat16),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", default="tiny", help=f"{', '.join(PRESETS)} or a config path")
+    p.add_argument("--total-seq-len", type=int, default=1024)
+    p.add_argument("--draft-vocab-size", type=int, default=32000)
+    p.add_argument("--ttt-steps", type=int, default=3)
+    p.add_argument("--num-layers", type=int, default=1)
+    p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--attention", choices=["dense", "flex"], default=None)
+    args = p.parse_args()
+
+    device = torch.device(args.device)
+    cfg = verifier_config(args.config)
+    vd = min(args.draft_vocab_size, cfg.vocab_size)
+    torch.manual_seed(0)
+    model = Eagle3Draft(draft_layer_config(cfg, args.num_layers), vd, 3, cfg.hidden_size)
+    target_ids = torch.randperm(cfg.vocab_size)[:vd].sort().values
+    model.d2t.copy_(target_ids - torch.arange(vd))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    lm_head = (torch.randn(cfg.vocab_size, cfg.hidden_size) * 0.02).to(device, dtype)
+    targets = VerifierTargets(
+        torch.ones(cfg.hidden_size, device=device), lm_head, 1e-5, target_ids.to(device)
+    )
+    attention = args.attention or ("flex" if device.type == "cuda" else "dense")
+    options = TrainerOptions(
+        epochs=1, lr=1e-4, weight_decay=0.0, max_grad_norm=1.0, ttt_steps=args.ttt_steps,
+        ttt_step_loss_decay=1.0, total_steps=1000, warmup_steps=10, lr_decay="cosine",
+        attention=attention, seed=0,
+    )  # fmt: skip
+    trainer = Trainer(model.to(device), targets, options, device, Path("/nonexistent"), {})
+    batches = [synthetic_batch(cfg, args.total_seq_len, s) for s in range(2)]
+    for i in range(2):
+        trainer.train_step(batches[i % 2])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for i in range(args.steps):
+        trainer.train_step(batches[i % 2])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    result = {
+        "config": args.config,
+        "device": str(device),
+        "attention": attention,
+        "total_seq_len": args.total_seq_len,
+        "draft_vocab_size": vd,
+        "ttt_steps": args.ttt_steps,
+        "num_layers": args.num_layers,
+        "step_s": elapsed / args.steps,
+        "tokens_per_s": args.total_seq_len * args.steps / elapsed,
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        result["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        result["gpu"] = torch.cuda.get_device_name()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
