@@ -199,6 +199,23 @@ def test_tokenized_data_is_cached_by_fingerprint(workdir, tiny_llama, monkeypatc
         run_datagen(config(41))
 
 
+def test_parallel_tokenization_equals_sequential(workdir, tiny_llama, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from speculators.datagen import preprocess
+    from speculators.datagen.sources import load_raw_data
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    raw = load_raw_data(str(workdir / "convs.jsonl"), None)
+    sequential = preprocess.tokenize_dataset(raw, tokenizer, 30, None, 0, workdir / "seq")
+    monkeypatch.setattr(preprocess, "_num_proc", lambda num_rows: 2)  # 2 worker processes
+    parallel = preprocess.tokenize_dataset(raw, tokenizer, 30, None, 0, workdir / "par")
+    assert parallel.kept == sequential.kept
+    assert [parallel.sample(i) for i in range(parallel.num_samples)] == [
+        sequential.sample(i) for i in range(sequential.num_samples)
+    ]
+
+
 @pytest.fixture(scope="module")
 def no_template_model(tiny_llama, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("no-template") / "model"

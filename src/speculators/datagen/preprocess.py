@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,15 @@ class TokenizedData:
         return lengths[self.kept].tolist()
 
 
+# Below this many conversations, starting worker processes costs more than it saves.
+PARALLEL_MIN_ROWS = 2000
+
+
+def _num_proc(num_rows: int) -> int | None:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(8, cpus or 1) if num_rows >= PARALLEL_MIN_ROWS and (cpus or 1) > 1 else None
+
+
 def default_cache_dir() -> Path:
     import datasets
 
@@ -192,6 +202,7 @@ def tokenize_dataset(
         new_fingerprint=fingerprint,
         cache_file_name=str(cache_file),
         desc="tokenizing conversations",
+        num_proc=_num_proc(len(selected)),
     )
     status = np.asarray(dataset["status"], dtype=np.int64)
     return TokenizedData(
