@@ -20,6 +20,16 @@ import torch
 
 # Shapes of verifiers people train drafts for (random weights: throughput does not care).
 CONFIGS = {
+    "smollm2-135m": dict(  # SmolLM2-135M-Instruct's shape, for CPU runs where it is not installed
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    ),
     "llama-3.1-8b": dict(
         hidden_size=4096,
         intermediate_size=14336,
