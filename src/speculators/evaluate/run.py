@@ -128,7 +128,7 @@ def _load_verifier(name: str, dtype: torch.dtype, device: torch.device) -> tuple
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        model: Any = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except (OSError, ValueError) as e:
         raise UserInputError(
             f"{VERIFIER_FLAG} {name}: cannot load the model ({e.__class__.__name__}: "
