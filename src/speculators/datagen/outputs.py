@@ -130,9 +130,11 @@ def write_data_config(
 ) -> Path:
     import torch
 
-    on_gpu = (
-        backend.name == "vllm" or getattr(getattr(backend, "device", None), "type", "") == "cuda"
-    )
+    # The vllm backend knows its GPU; asking torch here would open a CUDA context in this
+    # process after vLLM has sized its memory.
+    gpu = getattr(backend, "gpu_name", None)
+    if gpu is None and getattr(getattr(backend, "device", None), "type", "") == "cuda":
+        gpu = torch.cuda.get_device_name(0)
     data_config = DataConfig.model_validate(
         {
             "generated_at": datetime.now(timezone.utc).isoformat(),
@@ -141,11 +143,11 @@ def write_data_config(
                 "command": command or config_command(config),
                 "package_versions": {
                     "torch": torch.__version__,
-                    "vllm": _version("vllm"),
+                    "vllm": getattr(backend, "vllm_version", None) or _version("vllm"),
                     "transformers": _version("transformers") or "unknown",
                     "speculators": __version__,
                 },
-                "gpu": torch.cuda.get_device_name(0) if on_gpu else None,
+                "gpu": gpu,
             },
             "model": {
                 "target_model_path": config.target_model_path,

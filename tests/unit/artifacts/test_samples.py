@@ -1,0 +1,76 @@
+"""Sample files: version 1 written as SPEC §2 says, version 0 read, bad files named."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from speculators.artifacts.samples import (
+    first_missing_index,
+    list_sample_files,
+    load_sample,
+    sample_path,
+    save_sample,
+)
+from speculators.errors import UserInputError
+
+
+def test_v1_file_layout(tmp_path):
+    ids = torch.arange(5)
+    big = torch.randn(3, 10, 4)  # a batch tensor: the file must hold only its own rows
+    states = [big[0, :5], big[1, :5], big[2, :5]]
+    mask = torch.tensor([0, 0, 1, 1, 0])
+    save_sample(sample_path(tmp_path, 7), ids, states, mask)
+
+    raw = torch.load(tmp_path / "data_7.pt", weights_only=True)
+    assert set(raw) == {"input_ids", "hidden_states", "loss_mask"}
+    assert raw["input_ids"].dtype == torch.long and raw["loss_mask"].dtype == torch.long
+    assert [h.dtype for h in raw["hidden_states"]] == [torch.bfloat16] * 3
+    assert all(h.untyped_storage().nbytes() == 5 * 4 * 2 for h in raw["hidden_states"])
+    s = load_sample(tmp_path / "data_7.pt")
+    assert len(s.aux_hidden_states) == 2
+    assert torch.equal(s.last_hidden_state, states[2].to(torch.bfloat16))
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_v0_file_is_split_into_aux_layers(tmp_path):
+    aux = [torch.randn(4, 3) for _ in range(3)]
+    target = torch.randn(4, 3)
+    path = tmp_path / "data_0.pt"
+    torch.save(
+        {
+            "input_ids": torch.arange(4),
+            "loss_mask": torch.ones(4, dtype=torch.long),
+            "hidden_state": torch.cat(aux, dim=-1),
+            "target": target,
+        },
+        path,
+    )
+    s = load_sample(path, data_format_version=0)
+    assert all(torch.equal(a, b) for a, b in zip(s.aux_hidden_states, aux, strict=True))
+    assert torch.equal(s.last_hidden_state, target)
+    with pytest.raises(UserInputError, match="--data-format-version 0"):
+        load_sample(path, data_format_version=1)
+
+
+def test_corrupt_and_nonfinite_files_are_named(tmp_path):
+    bad = tmp_path / "data_1.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(UserInputError, match="data_1.pt"):
+        load_sample(bad)
+    nan = tmp_path / "data_2.pt"
+    h = torch.zeros(2, 3)
+    h[1, 1] = float("nan")
+    save_sample(nan, torch.arange(2), [h, torch.zeros(2, 3)], torch.ones(2, dtype=torch.long))
+    with pytest.raises(UserInputError, match="NaN or Inf"):
+        load_sample(nan)
+
+
+def test_listing_and_resume_point(tmp_path):
+    for i in (0, 1, 2, 10):
+        sample_path(tmp_path, i).write_bytes(b"x")
+    (tmp_path / "token_freq.pt").write_bytes(b"x")
+    (tmp_path / ".tmp-data_3.pt.abc").write_bytes(b"x")
+    names = [p.name for p in list_sample_files(tmp_path)]
+    assert names == ["data_0.pt", "data_1.pt", "data_2.pt", "data_10.pt"]
+    assert first_missing_index(tmp_path, 11) == 3
