@@ -232,7 +232,7 @@ BAD_INPUTS = {
     # case: (flags replacing or added to the `generated` run's, text the error must contain)
     "layer id out of range": (
         ["--layer-ids", "1", "2", "9"],
-        ["--layer-ids 1 2 9", "6 decoder layers", "automatic choice [2, 3, 3, 5]"],
+        ["--layer-ids 1 2 9", "6 decoder layers", "automatic choice [2, 3, 4, 5]"],
     ),
     "max samples": ([*LAYERS, "--max-samples", "0"], ["--max-samples"]),
     "unknown dataset": ([*LAYERS, "--train-data-path", "nosuchdata"], ["unknown dataset name"]),

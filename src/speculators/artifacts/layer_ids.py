@@ -13,13 +13,17 @@ from speculators.errors import UserInputError
 
 
 def default_layer_ids(num_layers: int) -> list[int]:
-    """Auto-selection: aux layers [2, n // 2, n - 3] plus the last layer for the targets."""
-    if num_layers < 7:
+    """Auto-selection: aux layers [2, n // 2, n - 3] plus the last layer for the targets.
+
+    Below 7 layers that formula repeats a layer; such (test-sized) models get their last four.
+    """
+    if num_layers < 4:
         raise UserInputError(
-            f"the verifier has {num_layers} decoder layers; the automatic choice [2, n // 2, "
-            "n - 3] repeats a layer below 7 layers. Pass --layer-ids explicitly, e.g. "
-            f"--layer-ids {' '.join(map(str, range(max(0, num_layers - 4), num_layers)))}."
+            f"the verifier has {num_layers} decoder layers; EAGLE-3 needs at least 4 to pick "
+            "distinct auxiliary layers automatically. Pass --layer-ids explicitly."
         )
+    if num_layers < 7:
+        return list(range(num_layers - 4, num_layers))
     return [2, num_layers // 2, num_layers - 3, num_layers - 1]
 
 
@@ -30,7 +34,7 @@ def resolve_layer_ids(layer_ids: Sequence[int] | None, num_layers: int) -> list[
     ids = list(layer_ids)
     bad = [i for i in ids if not 0 <= i < num_layers]
     if bad:
-        auto = default_layer_ids(num_layers) if num_layers >= 7 else "n/a (pass ids)"
+        auto = default_layer_ids(num_layers) if num_layers >= 4 else "n/a"
         raise UserInputError(
             f"--layer-ids {' '.join(map(str, ids))}: id {bad[0]} is out of range; the verifier has "
             f"{num_layers} decoder layers, so ids run from 0 to {num_layers - 1} (id i is the "

@@ -27,10 +27,12 @@ def test_auto_choice_is_distinct_and_ends_with_last_layer(n):
     assert len(set(ids)) == 4 and ids == sorted(ids)
 
 
-def test_small_models_must_name_ids():
+def test_small_models_get_distinct_last_layers():
+    # [2, n // 2, n - 3] would repeat layer 3 at n = 6
+    assert default_layer_ids(6) == [2, 3, 4, 5]
+    assert default_layer_ids(4) == [0, 1, 2, 3]
     with pytest.raises(UserInputError, match="--layer-ids"):
-        default_layer_ids(6)
-    assert resolve_layer_ids([1, 3, 4, 5], 6) == [1, 3, 4, 5]
+        default_layer_ids(3)
 
 
 def test_out_of_range_names_layer_count_and_auto_choice():
