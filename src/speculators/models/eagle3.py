@@ -42,8 +42,8 @@ _INHERITED_KEYS = (
 
 def draft_layer_config(verifier_config: Any, num_layers: int) -> LlamaConfig:
     """The Llama config of the draft's decoder layers, derived from the verifier's text config."""
-    values = {k: getattr(verifier_config, k, None) for k in _INHERITED_KEYS}
-    values = {k: v for k, v in values.items() if v is not None}
+    found: dict[str, Any] = {k: getattr(verifier_config, k, None) for k in _INHERITED_KEYS}
+    values = {k: v for k, v in found.items() if v is not None}
     if "head_dim" not in values:
         values["head_dim"] = values["hidden_size"] // values["num_attention_heads"]
     config = LlamaConfig(
@@ -112,9 +112,9 @@ class Eagle3Attention(nn.Module):
     def __init__(self, config: LlamaConfig, layer_idx: int, input_size: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = config.head_dim
+        self.num_heads = int(config.num_attention_heads)  # type: ignore[arg-type]
+        self.num_kv_heads = int(config.num_key_value_heads)  # type: ignore[arg-type]
+        self.head_dim = int(config.head_dim)  # type: ignore[arg-type]
         self.q_proj = nn.Linear(input_size, self.num_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(input_size, self.num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(input_size, self.num_kv_heads * self.head_dim, bias=False)
@@ -171,6 +171,9 @@ class Eagle3Draft(nn.Module):
     One call of `forward` is one draft step for a block of positions; training-time test calls
     it once per step with its own previous output as `hidden`.
     """
+
+    d2t: torch.Tensor  # long [Vd]: target id = draft id + d2t[draft id]
+    t2d: torch.Tensor  # bool [V]: True for target ids in the draft vocab
 
     def __init__(
         self,

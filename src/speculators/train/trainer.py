@@ -117,7 +117,7 @@ class Trainer:
         out = metrics.summary("train/")
         out["train/loss"] = float(loss.detach())
         out["train/grad_norm"] = float(grad_norm)
-        out["train/lr"] = self.scheduler.get_last_lr()[0]
+        out["train/lr"] = float(self.scheduler.get_last_lr()[0])
         out["train/tokens_per_s"] = metrics.num_tokens / (time.perf_counter() - start)
         self._last_metrics = metrics
         return out
