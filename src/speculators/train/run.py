@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,9 +101,59 @@ def _targets_to(targets: VerifierTargets, device: torch.device) -> VerifierTarge
     )
 
 
-def run_train(config: TrainConfig, progress: Any = None) -> TrainResult:
-    """Train per `config`. `progress`, if given, gets `start(epochs, steps_per_epoch)`,
-    `step(global_step, metrics)` and `epoch(epoch, summary)` calls (the CLI's rich view)."""
+def trainer_options(config: TrainConfig, device: torch.device, total_steps: int) -> TrainerOptions:
+    warmup = config.warmup_steps if config.warmup_steps >= 0 else max(1, total_steps // 20)
+    attention = config.attention
+    if attention == "auto":
+        attention = "flex" if device.type == "cuda" else "dense"
+    return TrainerOptions(
+        epochs=config.epochs,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        ttt_steps=config.ttt_steps,
+        ttt_step_loss_decay=config.ttt_step_loss_decay,
+        total_steps=total_steps,
+        warmup_steps=min(warmup, total_steps),
+        lr_decay=config.lr_decay,
+        attention=attention,
+        seed=config.seed,
+    )
+
+
+@dataclass
+class TrainRun:
+    """Everything a run needs, checked and built, before anything is written: the trainer and
+    the batch sources. A distributed wrapper builds this per process and shards the batches."""
+
+    config: TrainConfig
+    index: DataIndex
+    layer_ids: list[int]
+    trainer: Trainer
+    rows_per_epoch: list[int]
+
+    @property
+    def _cap(self) -> int:
+        return self.config.max_steps_per_epoch or 10**12
+
+    def train_batches(self, epoch: int) -> Iterable[dict[str, Any]]:
+        c = self.config
+        rows = epoch_rows(self.index, c.total_seq_len, c.seed, epoch)
+        data = PackedRows(self.index.files, rows, c.total_seq_len, c.data_format_version)
+        pin = self.trainer.device.type == "cuda"
+        return itertools.islice(make_loader(data, c.num_workers, pin, c.seed + epoch), self._cap)
+
+    def val_batches(self) -> Iterable[dict[str, Any]] | None:
+        c = self.config
+        rows = pack(self.index.val, self.index.lengths, c.total_seq_len)
+        if not rows:
+            return None
+        data = PackedRows(self.index.files, rows, c.total_seq_len, c.data_format_version)
+        return make_loader(data, c.num_workers, self.trainer.device.type == "cuda", c.seed)
+
+
+def prepare(config: TrainConfig) -> TrainRun:
+    """Check every input (UserInputError naming the flag or file) and build the trainer."""
     verifier = load_verifier_config(config.verifier_name_or_path, VERIFIER_FLAG)
     index = index_data(
         config.data_path, config.data_format_version, config.val_fraction, config.seed
@@ -110,33 +161,12 @@ def run_train(config: TrainConfig, progress: Any = None) -> TrainResult:
     layer_ids = check_layers(config, verifier, index)
     d2t, t2d = load_vocab_mapping(config.d2t_path, config.t2d_path, verifier.vocab_size)
     device = resolve_device(config.device)
-    loggers = MetricLoggers(
-        config.logger_names, config.log_dir, config.run_name, config.model_dump(mode="json")
-    )
     model, targets = build_model(config, verifier, d2t, t2d, index.num_aux_layers)
     cap = config.max_steps_per_epoch or 10**12
     rows_per_epoch = [
         min(cap, len(epoch_rows(index, config.total_seq_len, config.seed, e)))
         for e in range(config.epochs)
     ]
-    total = sum(rows_per_epoch)
-    warmup = config.warmup_steps if config.warmup_steps >= 0 else max(1, total // 20)
-    attention = config.attention
-    if attention == "auto":
-        attention = "flex" if device.type == "cuda" else "dense"
-    options = TrainerOptions(
-        epochs=config.epochs,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        ttt_steps=config.ttt_steps,
-        ttt_step_loss_decay=config.ttt_step_loss_decay,
-        total_steps=total,
-        warmup_steps=min(warmup, total),
-        lr_decay=config.lr_decay,
-        attention=attention,
-        seed=config.seed,
-    )
     config_json = speculators_config(
         transformer_layer_config=layer_config_dict(model.config),
         draft_vocab_size=int(d2t.shape[0]),
@@ -150,30 +180,28 @@ def run_train(config: TrainConfig, progress: Any = None) -> TrainResult:
     trainer = Trainer(
         model.to(device),
         _targets_to(targets, device),
-        options,
+        trainer_options(config, device, sum(rows_per_epoch)),
         device,
         config.save_path,
         config_json,
+    )
+    return TrainRun(config, index, layer_ids, trainer, rows_per_epoch)
+
+
+def run_train(config: TrainConfig, progress: Any = None) -> TrainResult:
+    """Train per `config`, resuming unless told not to. `progress`, if given, gets
+    `start(first_epoch, epochs, rows_per_epoch)`, `step(global_step, metrics)` and
+    `epoch(epoch, summary)` calls (the CLI's rich view)."""
+    run = prepare(config)
+    trainer = run.trainer
+    loggers = MetricLoggers(
+        config.logger_names, config.log_dir, config.run_name, config.model_dump(mode="json")
     )
     resumed = None
     if not config.no_resume_from_checkpoint:
         resumed = find_latest_complete_checkpoint(config.save_path)
         if resumed is not None:
             trainer.resume(resumed)
-
-    pin = device.type == "cuda"
-
-    def train_batches(epoch: int) -> Any:
-        rows = epoch_rows(index, config.total_seq_len, config.seed, epoch)
-        data = PackedRows(index.files, rows, config.total_seq_len, config.data_format_version)
-        loader = make_loader(data, config.num_workers, pin, config.seed + epoch)
-        return itertools.islice(loader, cap)
-
-    val_rows = pack(index.val, index.lengths, config.total_seq_len)
-    val_data = PackedRows(index.files, val_rows, config.total_seq_len, config.data_format_version)
-
-    def val_batches() -> Any:
-        return make_loader(val_data, config.num_workers, pin, config.seed)
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         loggers.log(metrics, step)
@@ -187,16 +215,16 @@ def run_train(config: TrainConfig, progress: Any = None) -> TrainResult:
 
     trainer.on_step, trainer.on_epoch = on_step, on_epoch
     if progress:
-        progress.start(trainer.epoch, config.epochs, rows_per_epoch)
+        progress.start(trainer.epoch, config.epochs, run.rows_per_epoch)
     try:
-        history = trainer.train(train_batches, val_batches if val_rows else None)
+        history = trainer.train(run.train_batches, run.val_batches)
     finally:
         loggers.close()
     return TrainResult(
         history=history,
         checkpoint=find_latest_complete_checkpoint(config.save_path),
         resumed_from=resumed,
-        num_train_samples=len(index.train),
-        num_val_samples=len(index.val),
-        layer_ids=layer_ids,
+        num_train_samples=len(run.index.train),
+        num_val_samples=len(run.index.val),
+        layer_ids=run.layer_ids,
     )

@@ -187,7 +187,7 @@ class Trainer:
     def train(
         self,
         train_batches: Callable[[int], Iterable[dict[str, Any]]],
-        val_batches: Callable[[], Iterable[dict[str, Any]]] | None,
+        val_batches: Callable[[], Iterable[dict[str, Any]] | None],
     ) -> list[dict[str, float]]:
         """Run the remaining epochs; after each, validate and save. Returns epoch summaries."""
         while self.epoch < self.options.epochs:
@@ -200,8 +200,9 @@ class Trainer:
                     self.on_step(self.global_step, step_metrics)
             summary = epoch_metrics.summary("train/")
             summary["train/tokens_per_s"] = epoch_metrics.num_tokens / (time.perf_counter() - start)
-            if val_batches is not None:
-                summary.update(self.evaluate(val_batches()).summary("val/"))
+            val = val_batches()
+            if val is not None:
+                summary.update(self.evaluate(val).summary("val/"))
             summary["epoch"] = self.epoch
             if self.is_main:
                 self.save(self.epoch, summary)
