@@ -265,6 +265,7 @@ def layer_config_dict(config: LlamaConfig) -> dict[str, Any]:
     out = config.to_dict()
     for key in ("id2label", "label2id", "_name_or_path", "output_attentions", "return_dict"):
         out.pop(key, None)
+    out["dtype"] = out["torch_dtype"] = "bfloat16"  # the saved weights' dtype, both spellings
     rope = out.get("rope_parameters")
     if isinstance(rope, dict):
         out.setdefault("rope_theta", rope.get("rope_theta"))
