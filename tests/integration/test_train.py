@@ -98,6 +98,9 @@ def test_no_resume_starts_over(uninterrupted, tiny_llama, train_data, tiny_vocab
         config(tiny_llama, train_data, tiny_vocab, save, epochs=1, no_resume_from_checkpoint=True)
     )
     assert result.resumed_from is None and len(result.history) == 1
+    # the old run's later epochs are gone, so a plain rerun cannot resume from them
+    assert sorted(p.name for p in save.iterdir()) == ["0"]
+    assert result.checkpoint == save / "0"
 
 
 # ---- bad inputs --------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +210,11 @@ def run_train(config: TrainConfig, progress: Any = None) -> TrainResult:
             progress.step(step, metrics)
 
     def on_epoch(epoch: int, summary: dict[str, float]) -> None:
+        if config.no_resume_from_checkpoint and epoch == 0:
+            # Starting over replaces the old run: its later epochs must not be resumed from.
+            for old in config.save_path.iterdir():
+                if old.name.isdigit() and int(old.name) > 0:
+                    shutil.rmtree(old)
         loggers.log({f"epoch/{k}": v for k, v in summary.items()}, trainer.global_step)
         if progress:
             progress.epoch(epoch, summary)
