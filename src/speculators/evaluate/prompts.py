@@ -109,7 +109,7 @@ def read_records(path: Path) -> tuple[list[Any], str | None]:
             record, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             if not text.rstrip().endswith("]"):
-                return records, f"{path} ends mid-record; read its {len(records):,} complete ones"
+                return records, f"{path.name} ends mid-record; read its {len(records):,} records"
             lineno = text.count("\n", 0, e.pos) + 1
             raise UserInputError(
                 f"--data-path {path}, line {lineno}: malformed JSON ({e.msg})."
