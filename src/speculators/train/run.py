@@ -102,11 +102,20 @@ def _targets_to(targets: VerifierTargets, device: torch.device) -> VerifierTarge
     )
 
 
-def trainer_options(config: TrainConfig, device: torch.device, total_steps: int) -> TrainerOptions:
+def trainer_options(
+    config: TrainConfig, device: torch.device, total_steps: int, head_dim: int
+) -> TrainerOptions:
     warmup = config.warmup_steps if config.warmup_steps >= 0 else max(1, total_steps // 20)
+    # Compiled flex attention needs head_dim >= 16 (real models have 64 or 128).
+    flex_ok = device.type == "cuda" and head_dim >= 16
     attention = config.attention
     if attention == "auto":
-        attention = "flex" if device.type == "cuda" else "dense"
+        attention = "flex" if flex_ok else "dense"
+    elif attention == "flex" and device.type == "cuda" and not flex_ok:
+        raise UserInputError(
+            f"--attention flex: the draft's head_dim is {head_dim}, but compiled flex attention "
+            "needs at least 16. Use --attention dense (or auto)."
+        )
     return TrainerOptions(
         epochs=config.epochs,
         lr=config.lr,
@@ -181,7 +190,7 @@ def prepare(config: TrainConfig) -> TrainRun:
     trainer = Trainer(
         model.to(device),
         _targets_to(targets, device),
-        trainer_options(config, device, sum(rows_per_epoch)),
+        trainer_options(config, device, sum(rows_per_epoch), int(model.config.head_dim or 0)),
         device,
         config.save_path,
         config_json,
