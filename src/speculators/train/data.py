@@ -35,7 +35,10 @@ class DataIndex:
 def _scan(path: Path, data_format_version: int) -> tuple[int, int, int]:
     """(length, number of aux layers, hidden size) of one file, read via mmap (cheap)."""
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            record = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # files in torch's legacy (non-zip) format cannot be mmapped
+            record = torch.load(path, map_location="cpu", weights_only=True)
         length = int(record["input_ids"].shape[0])
         if "hidden_states" in record:
             found, states = 1, record["hidden_states"]

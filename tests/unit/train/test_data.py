@@ -1,0 +1,70 @@
+"""Sample indexing and packing: every token once, documents whole, positions per document."""
+
+from __future__ import annotations
+
+import torch
+
+from speculators.artifacts.samples import save_sample
+from speculators.train.data import PackedRows, epoch_rows, index_data, pack
+
+
+def write(path, length, hidden=8, layers=4, seed=0, legacy=False):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 50, (length,), generator=g)
+    states = [torch.randn(length, hidden, generator=g) for _ in range(layers)]
+    mask = (torch.arange(length) % 2).long()
+    if legacy:  # an old file in torch's pre-zip format, version 0 layout
+        record = {
+            "input_ids": ids,
+            "loss_mask": mask,
+            "hidden_state": torch.cat(states[:-1], -1),
+            "target": states[-1],
+        }
+        torch.save(record, path, _use_new_zipfile_serialization=False)
+    else:
+        save_sample(path, ids, states, mask)
+    return ids, states, mask
+
+
+def test_index_finds_nested_files_and_holds_out_validation(tmp_path):
+    for i in range(10):
+        (tmp_path / f"part{i % 2}").mkdir(exist_ok=True)
+        write(tmp_path / f"part{i % 2}" / f"data_{i}.pt", 5 + i, seed=i)
+    index = index_data(tmp_path, 1, 0.2, seed=0)
+    assert len(index.files) == 10 and (index.num_aux_layers, index.hidden_size) == (3, 8)
+    assert len(index.val) == 2 and sorted(index.train + index.val) == list(range(10))
+    assert sorted(index.lengths) == list(range(5, 15))
+
+
+def test_version_0_files_in_the_legacy_format_are_read(tmp_path):
+    write(tmp_path / "data_0.pt", 7, legacy=True)
+    write(tmp_path / "data_1.pt", 9, seed=1, legacy=True)
+    index = index_data(tmp_path, 0, 0.0, seed=0)
+    assert index.lengths == [7, 9] and index.num_aux_layers == 3
+
+
+def test_packing_keeps_documents_whole_with_their_own_positions(tmp_path):
+    truth = [write(tmp_path / f"data_{i}.pt", n, seed=i) for i, n in enumerate([30, 50, 20, 90])]
+    index = index_data(tmp_path, 1, 0.0, seed=0)
+    rows = pack([0, 1, 2, 3], index.lengths, 100)
+    assert rows == [[0, 1, 2], [3]]
+    row = PackedRows(index.files, rows, 100, 1)[0]
+    assert row["doc_ids"].tolist() == [0] * 30 + [1] * 50 + [2] * 20
+    assert row["position_ids"].tolist() == list(range(30)) + list(range(50)) + list(range(20))
+    ids, states, mask = truth[1]
+    assert torch.equal(row["input_ids"][30:80], ids) and torch.equal(row["loss_mask"][30:80], mask)
+    aux = torch.cat(states[:-1], -1).to(torch.bfloat16)
+    assert torch.equal(row["aux_hidden_states"][30:80], aux)
+    padded = PackedRows(index.files, rows, 100, 1)[1]
+    assert padded["doc_ids"].tolist() == [0] * 90 + [-1] * 10
+    assert padded["loss_mask"][90:].sum() == 0
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch(tmp_path):
+    for i in range(8):
+        write(tmp_path / f"data_{i}.pt", 10 + i, seed=i)
+    index = index_data(tmp_path, 1, 0.0, seed=0)
+    assert epoch_rows(index, 40, 0, 1) == epoch_rows(index, 40, 0, 1)
+    assert epoch_rows(index, 40, 0, 1) != epoch_rows(index, 40, 0, 2)
+    for rows in (epoch_rows(index, 40, 0, e) for e in range(3)):
+        assert sorted(i for row in rows for i in row) == list(range(8))
