@@ -90,9 +90,13 @@ def samples(args: argparse.Namespace, model_path: Path | None, vocab_size: int):
         )
         return [data.sample(i) for i in range(data.num_samples)]
     g = torch.Generator().manual_seed(0)
-    lengths = torch.randint(
-        args.seq_length // 4, args.seq_length + 1, (args.num_samples,), generator=g
-    )
+    if args.length_mix == "sharegpt":  # lognormal(6.0, 0.8): mean ~550 tokens, a long tail
+        lengths = torch.empty(args.num_samples).log_normal_(6.0, 0.8, generator=g)
+        lengths = lengths.clamp(16, args.seq_length).long()
+    else:
+        lengths = torch.randint(
+            args.seq_length // 4, args.seq_length + 1, (args.num_samples,), generator=g
+        )
     return [
         (torch.randint(0, vocab_size, (int(n),), generator=g).tolist(), [1] * int(n))
         for n in lengths
@@ -156,6 +160,14 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeat", type=int, default=1, help="alternate runs, keep the best of each")
     p.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
+    p.add_argument(
+        "--length-mix",
+        choices=["uniform", "sharegpt"],
+        default="uniform",
+        help="random-weight runs: lengths uniform in [L/4, L] or lognormal(6.0, 0.8) capped at L",
+    )
+    p.add_argument("--peak-tflops", type=float, default=780.0, help="for MFU (H200 bf16: ~780)")
+    p.add_argument("--out-dir", type=Path, help="where samples are written (default: a temp dir)")
     args = p.parse_args()
 
     from speculators.artifacts.layer_ids import default_layer_ids
@@ -174,7 +186,7 @@ def main() -> None:
         f"{len(rows)} samples, {tokens:,} tokens, layers {layer_ids}, {device} {dtype}, "
         f"{torch.get_num_threads()} threads"
     )
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
         ours(model, rows[:2], layer_ids, device, args.batch_size, Path(tmp) / "warmup")
         baseline(model, rows[:2], layer_ids, device)
         # Alternate and keep the best of each: shared machines are noisy. Process CPU time is
@@ -195,6 +207,17 @@ def main() -> None:
             f"{labels[name]}: {tokens / wall:,.0f} tokens/s wall ({wall:.1f} s), "
             f"{tokens / cpu:,.0f} tokens per CPU-second"
         )
+    # Forward FLOPs per token: 2 x non-embedding parameters plus causal attention (QK and PV).
+    cfg = model.config
+    params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
+    attn = 2 * 2 * cfg.num_hidden_layers * cfg.hidden_size
+    attn *= sum(len(ids) ** 2 / 2 for ids, _ in rows) / tokens
+    gflop = (2 * params + attn) / 1e9
+    print(f"forward: {gflop:.1f} GFLOP/token", end="")
+    if device.type == "cuda":
+        mfu = tokens / best["ours"][0] * gflop / (args.peak_tflops * 1e3)
+        print(f", ours at {mfu:.1%} MFU of {args.peak_tflops:.0f} TFLOP/s", end="")
+    print()
     (wb, cb), (wo, co) = best["baseline"], best["ours"]
     print(f"speedup: {wb / wo:.2f}x wall, {cb / co:.2f}x CPU time")
 

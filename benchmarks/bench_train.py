@@ -45,13 +45,15 @@ def verifier_config(name: str):
 
 
 def synthetic_batch(cfg, total_seq_len: int, seed: int) -> dict[str, torch.Tensor]:
-    """One packed row of documents of 200-1000 tokens, like PackedRows produces."""
+    """One packed row like PackedRows produces: documents of lognormal(6.0, 0.8) lengths capped
+    at 2048 (ShareGPT-like, mean ~550 tokens), the row cut at `total_seq_len`."""
     g = torch.Generator().manual_seed(seed)
     h, t = cfg.hidden_size, total_seq_len
     doc, pos = torch.empty(t, dtype=torch.long), torch.empty(t, dtype=torch.long)
     start, d = 0, 0
     while start < t:
-        n = min(int(torch.randint(200, 1000, (1,), generator=g)), t - start)
+        length = int(torch.empty(1).log_normal_(6.0, 0.8, generator=g).clamp(16, 2048))
+        n = min(length, t - start)
         doc[start : start + n], pos[start : start + n] = d, torch.arange(n)
         start, d = start + n, d + 1
     return {
@@ -64,6 +66,22 @@ def synthetic_batch(cfg, total_seq_len: int, seed: int) -> dict[str, torch.Tenso
     }
 
 
+def flops_per_token(cfg, batch: dict[str, torch.Tensor], vd: int, ttt_steps: int) -> float:
+    """The draft's real FLOPs per token, as issue 8 counts them: fc once; per TTT step the
+    2H-input layer, attention and lm_head, forward and backward (3x forward); the frozen
+    verifier lm_head forward for the targets."""
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    hd = getattr(cfg, "head_dim", None) or h // cfg.num_attention_heads
+    kv = cfg.num_key_value_heads * hd
+    layer = 2 * h * h + 2 * (2 * h * kv) + h * h + 3 * h * i
+    doc = batch["doc_ids"][0]
+    _, counts = torch.unique_consecutive(doc, return_counts=True)
+    # causal same-document attention: sum n^2/2 keys per document, QK and PV, per token
+    attn = 2 * 2 * h * float((counts.double() ** 2 / 2).sum()) / doc.numel()
+    per_step = 3 * (2 * (layer + h * vd) + attn)
+    return 3 * 2 * 3 * h * h + ttt_steps * per_step + 2 * h * cfg.vocab_size
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", default="tiny", help=f"{', '.join(PRESETS)} or a config path")
@@ -71,7 +89,8 @@ def main() -> None:
     p.add_argument("--draft-vocab-size", type=int, default=32000)
     p.add_argument("--ttt-steps", type=int, default=3)
     p.add_argument("--num-layers", type=int, default=1)
-    p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (after 3 warm-up steps)")
+    p.add_argument("--peak-tflops", type=float, default=780.0, help="for MFU (H200 bf16: ~780)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--attention", choices=["dense", "flex"], default=None)
     args = p.parse_args()
@@ -96,7 +115,7 @@ def main() -> None:
     )  # fmt: skip
     trainer = Trainer(model.to(device), targets, options, device, Path("/nonexistent"), {})
     batches = [synthetic_batch(cfg, args.total_seq_len, s) for s in range(2)]
-    for i in range(2):
+    for i in range(3):  # warm-up (compilation, allocator)
         trainer.train_step(batches[i % 2])
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -117,9 +136,13 @@ def main() -> None:
         "num_layers": args.num_layers,
         "step_s": elapsed / args.steps,
         "tokens_per_s": args.total_seq_len * args.steps / elapsed,
+        "gflop_per_token": flops_per_token(cfg, batches[0], vd, args.ttt_steps) / 1e9,
         "threads": torch.get_num_threads(),
     }
     if device.type == "cuda":
+        result["mfu"] = (
+            result["tokens_per_s"] * result["gflop_per_token"] / (args.peak_tflops * 1e3)
+        )
         result["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         result["gpu"] = torch.cuda.get_device_name()
     print(json.dumps(result))
