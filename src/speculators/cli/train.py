@@ -6,13 +6,20 @@
     # CPU-sized:
     speculators train --verifier-name-or-path ./SmolLM2-135M-Instruct --data-path ./data \\
         --d2t-path ./vocab/d2t.npy --t2d-path ./vocab/t2d.npy --epochs 2 --total-seq-len 1024
+
+Several processes (every visible GPU by default) run under torchrun, which this command starts
+itself: it writes SAVE_PATH/train_config.json and execs
+`python -m torch.distributed.run ... -m speculators train --config SAVE_PATH/train_config.json`.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,7 +30,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from speculators.cli.common import build, console, option, user_errors
+from speculators.cli.common import build, console, err_console, fail, option, user_errors
 from speculators.config import TrainConfig
 
 
@@ -85,7 +92,8 @@ class _ConsoleView:
 
 
 def train(
-    verifier_name_or_path: str = option(TrainConfig, "verifier_name_or_path"),
+    ctx: typer.Context,
+    verifier_name_or_path: str = option(TrainConfig, "verifier_name_or_path", default=None),
     data_path: Path = option(TrainConfig, "data_path"),
     save_path: Path = option(TrainConfig, "save_path"),
     epochs: int = option(TrainConfig, "epochs"),
@@ -111,11 +119,31 @@ def train(
     attention: str = option(TrainConfig, "attention"),
     num_workers: int = option(TrainConfig, "num_workers"),
     max_steps_per_epoch: int = option(TrainConfig, "max_steps_per_epoch"),
+    rows_per_step: int = option(TrainConfig, "rows_per_step"),
+    nproc_per_node: int = option(TrainConfig, "nproc_per_node"),
+    nnodes: int = option(TrainConfig, "nnodes"),
+    node_rank: int = option(TrainConfig, "node_rank"),
+    rdzv_endpoint: str = option(TrainConfig, "rdzv_endpoint"),
+    config_file: Path = typer.Option(
+        None,
+        "--config",
+        help="JSON file of these settings (as written to SAVE_PATH/train_config.json); flags "
+        "given as well override it.",
+    ),
 ) -> None:
     """Train an EAGLE-3 draft; checkpoints go to SAVE_PATH/{epoch}/ and load in vLLM as is."""
-    values = dict(locals())
+    values = {k: v for k, v in locals().items() if k not in ("ctx", "config_file")}
+    if config_file is not None:
+        given = {k: v for k, v in values.items() if _from_command_line(ctx, k)}
+        values = _read_config_file(config_file) | given
     config = build(TrainConfig, **values)
-    from speculators.train.run import run_train
+    from speculators.train import launch
+
+    if launch.under_torchrun():
+        from speculators.train.distributed import run_worker as run_train
+    else:
+        _maybe_launch(config)
+        from speculators.train.run import run_train
 
     view = _ConsoleView()
     with user_errors():
@@ -123,6 +151,8 @@ def train(
             result = run_train(config, progress=view)
         finally:
             view.stop()
+    if result is None:
+        return  # a worker other than the first: rank 0 reports
 
     table = Table(title="training", show_header=False)
     table.add_row("samples (train / val)", f"{result.num_train_samples} / {result.num_val_samples}")
@@ -138,3 +168,52 @@ def train(
         table.add_row("epochs run", "none: every epoch was already trained")
     table.add_row("checkpoint", str(result.checkpoint))
     console.print(table)
+
+
+def _from_command_line(ctx: typer.Context, name: str) -> bool:
+    # By name: typer ships its own copy of click, whose enum is not click's.
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        fail(f"--config {path}: cannot read it as JSON ({e.__class__.__name__}: {e}).")
+    if not isinstance(values, dict):
+        fail(f'--config {path}: expected a JSON object of settings, e.g. {{"epochs": 3}}.')
+    return values
+
+
+def _maybe_launch(config: TrainConfig) -> None:
+    """Re-exec under torchrun when several processes (or an explicit --nproc-per-node) are
+    wanted; returns only when this process should train on its own."""
+    import torch
+
+    from speculators.train import launch
+
+    gpus = 0 if config.device == "cpu" else torch.cuda.device_count()
+    gpus = launch.visible_gpu_count(os.environ, gpus)
+    nproc = launch.resolve_nproc(config.nproc_per_node, config.device, gpus)
+    if not launch.should_launch(config.nproc_per_node, nproc, config.nnodes):
+        return
+    if config.device == "cuda" and nproc > gpus:
+        fail(
+            f"--nproc-per-node {nproc}: only {gpus} GPU(s) are visible on this node (one "
+            "process per GPU). Lower --nproc-per-node, or use --device cpu."
+        )
+    if config.rows_per_step and config.rows_per_step % (nproc * config.nnodes):
+        fail(
+            f"--rows-per-step {config.rows_per_step} must be a multiple of the number of "
+            f"processes ({nproc * config.nnodes} = --nproc-per-node x --nnodes)."
+        )
+    resolved = config.model_copy(update={"nproc_per_node": nproc})
+    path = launch.write_config(config.save_path, resolved.model_dump(mode="json"))
+    cmd = launch.torchrun_command(
+        path, nproc, config.nnodes, config.node_rank, config.rdzv_endpoint
+    )
+    err_console.print(
+        f"starting {nproc * config.nnodes} processes: {' '.join(cmd)}", highlight=False
+    )
+    launch.exec_torchrun(cmd)

@@ -73,6 +73,24 @@ class TrainConfig(StrictModel):
     max_steps_per_epoch: int | None = Field(
         None, ge=1, description="Cap on optimizer steps per epoch (quick runs and tests)."
     )
+    rows_per_step: int | None = Field(
+        None,
+        ge=1,
+        description="Global batch: packed rows per optimizer step, split evenly over all "
+        "processes (default: one row per process). Same value = same loss curve for any "
+        "number of processes.",
+    )
+    # Processes (torchrun is started for you; see docs/train.md "Multiple GPUs and nodes").
+    nproc_per_node: int | None = Field(
+        None,
+        ge=1,
+        description="Training processes on this node (default: every visible GPU; 1 on CPU).",
+    )
+    nnodes: int = Field(1, ge=1, description="Number of nodes (run the same command on each).")
+    node_rank: int = Field(0, ge=0, description="This node's rank, 0..NNODES-1.")
+    rdzv_endpoint: str | None = Field(
+        None, description="HOST:PORT of torchrun's rendezvous on the first node (multi-node)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -87,6 +105,23 @@ class TrainConfig(StrictModel):
                 f"--logger {self.logger!r}: unknown logger {unknown[0]!r}. Use a comma-separated "
                 f"list of {', '.join(LOGGERS)}, or '' for the console only."
             )
+        if self.node_rank >= self.nnodes:
+            raise ValueError(
+                f"--node-rank {self.node_rank} must be below --nnodes {self.nnodes} "
+                "(nodes are numbered from 0)."
+            )
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(
+                f"--nnodes {self.nnodes} needs --rdzv-endpoint HOST:PORT, an address of the "
+                "first node that every node can reach (e.g. --rdzv-endpoint node0:29400)."
+            )
+        if self.rows_per_step and self.nproc_per_node:
+            world = self.nproc_per_node * self.nnodes
+            if self.rows_per_step % world:
+                raise ValueError(
+                    f"--rows-per-step {self.rows_per_step} must be a multiple of the number of "
+                    f"processes ({world} = --nproc-per-node x --nnodes)."
+                )
         return self
 
     @property

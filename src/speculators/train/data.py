@@ -109,12 +109,56 @@ def epoch_rows(index: DataIndex, total_seq_len: int, seed: int, epoch: int) -> l
     return pack(order, index.lengths, total_seq_len)
 
 
+def rank_rows(
+    rows: list[list[int]],
+    lengths: list[int],
+    rows_per_step: int,
+    world_size: int,
+    rank: int,
+    max_steps: int | None = None,
+) -> tuple[list[list[int]], set[int]]:
+    """This rank's share of an epoch's rows, step after step, and the positions (in the
+    returned list) of padding rows, whose loss is not counted.
+
+    Step k trains on global rows [k*G, (k+1)*G) for G = rows_per_step whatever the number of
+    processes, so one process with G rows per step follows the same loss curve as G processes
+    with one row each. Within a step the rows are dealt out longest first, snake order, so the
+    ranks get similar token counts. The last step is filled up with copies of the first rows,
+    marked as padding: every rank runs the same number of steps (FSDP needs each to join every
+    collective) and nothing is counted twice.
+    """
+    per_rank = rows_per_step // world_size
+    steps = math.ceil(len(rows) / rows_per_step) if rows else 0
+    steps = min(steps, max_steps) if max_steps is not None else steps
+    mine: list[list[int]] = []
+    padding: set[int] = set()
+    for k in range(steps):
+        group = [(k * rows_per_step + j) for j in range(rows_per_step)]
+        size = lambda g: sum(lengths[i] for i in rows[g % len(rows)])  # noqa: E731
+        ordered = sorted(group, key=lambda g: (-size(g), g))
+        for j, g in enumerate(ordered):
+            lap, pos = divmod(j, world_size)
+            if (pos if lap % 2 == 0 else world_size - 1 - pos) != rank:
+                continue
+            if g >= len(rows):
+                padding.add(len(mine))
+            mine.append(rows[g % len(rows)])
+    assert len(mine) == steps * per_rank
+    return mine, padding
+
+
 class PackedRows(Dataset):
     """Row r -> one packed row of tensors. A bad file gives {"error": message} instead of
-    raising, so the main process can stop with a clean error rather than a worker traceback."""
+    raising, so the main process can stop with a clean error rather than a worker traceback.
+    Rows in `padding` get a zero loss mask (they only keep a rank in step with the others)."""
 
     def __init__(
-        self, files: list[Path], rows: list[list[int]], total_seq_len: int, version: int
+        self,
+        files: list[Path],
+        rows: list[list[int]],
+        total_seq_len: int,
+        version: int,
+        padding: set[int] | None = None,
     ) -> None:
         self.files, self.rows, self.total_seq_len, self.version = (
             files,
@@ -122,6 +166,7 @@ class PackedRows(Dataset):
             total_seq_len,
             version,
         )
+        self.padding = padding or set()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -147,6 +192,8 @@ class PackedRows(Dataset):
             aux[span] = torch.cat([h[:n] for h in s.aux_hidden_states], dim=-1).to(aux.dtype)
             last[span] = s.last_hidden_state[:n].to(last.dtype)
             start += n
+        if r in self.padding:
+            mask.zero_()
         return {
             "input_ids": ids,
             "loss_mask": mask,

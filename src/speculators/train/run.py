@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import itertools
+import math
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,17 @@ from speculators.config.train import TrainConfig
 from speculators.errors import UserInputError
 from speculators.models.eagle3 import Eagle3Draft, draft_layer_config, layer_config_dict
 from speculators.models.verifier import load_verifier_config, read_verifier_head
-from speculators.train.data import DataIndex, PackedRows, epoch_rows, index_data, make_loader, pack
+from speculators.train.data import (
+    DataIndex,
+    PackedRows,
+    epoch_rows,
+    index_data,
+    make_loader,
+    pack,
+    rank_rows,
+)
 from speculators.train.loggers import MetricLoggers
+from speculators.train.parallel import Parallel, SingleProcess
 from speculators.train.step import VerifierTargets
 from speculators.train.trainer import Trainer, TrainerOptions
 
@@ -103,7 +113,11 @@ def _targets_to(targets: VerifierTargets, device: torch.device) -> VerifierTarge
 
 
 def trainer_options(
-    config: TrainConfig, device: torch.device, total_steps: int, head_dim: int
+    config: TrainConfig,
+    device: torch.device,
+    total_steps: int,
+    head_dim: int,
+    fused_adamw: bool = True,
 ) -> TrainerOptions:
     warmup = config.warmup_steps if config.warmup_steps >= 0 else max(1, total_steps // 20)
     # Compiled flex attention needs head_dim >= 16 (real models have 64 or 128).
@@ -128,6 +142,7 @@ def trainer_options(
         lr_decay=config.lr_decay,
         attention=attention,
         seed=config.seed,
+        fused_adamw=fused_adamw,
     )
 
 
@@ -140,43 +155,80 @@ class TrainRun:
     index: DataIndex
     layer_ids: list[int]
     trainer: Trainer
-    rows_per_epoch: list[int]
+    rows_per_epoch: list[int]  # optimizer steps per epoch
+    rows_per_step: int  # the global batch, in packed rows
 
-    @property
-    def _cap(self) -> int:
-        return self.config.max_steps_per_epoch or 10**12
-
-    def train_batches(self, epoch: int) -> Iterable[dict[str, Any]]:
+    def _loader(self, rows: list[list[int]], padding: set[int], seed: int) -> Iterable[Any]:
         c = self.config
+        data = PackedRows(self.index.files, rows, c.total_seq_len, c.data_format_version, padding)
+        return make_loader(data, c.num_workers, self.trainer.device.type == "cuda", seed)
+
+    def train_batches(self, epoch: int) -> Iterable[list[dict[str, Any]]]:
+        """This rank's micro-batches of each step of `epoch`, one list per optimizer step."""
+        c, p = self.config, self.trainer.parallel
         rows = epoch_rows(self.index, c.total_seq_len, c.seed, epoch)
-        data = PackedRows(self.index.files, rows, c.total_seq_len, c.data_format_version)
-        pin = self.trainer.device.type == "cuda"
-        return itertools.islice(make_loader(data, c.num_workers, pin, c.seed + epoch), self._cap)
+        mine, padding = rank_rows(
+            rows,
+            self.index.lengths,
+            self.rows_per_step,
+            p.world_size,
+            p.rank,
+            c.max_steps_per_epoch,
+        )
+        return _grouped(
+            self._loader(mine, padding, c.seed + epoch), self.rows_per_step // p.world_size
+        )
 
     def val_batches(self) -> Iterable[dict[str, Any]] | None:
-        c = self.config
+        c, p = self.config, self.trainer.parallel
         rows = pack(self.index.val, self.index.lengths, c.total_seq_len)
         if not rows:
             return None
-        data = PackedRows(self.index.files, rows, c.total_seq_len, c.data_format_version)
-        return make_loader(data, c.num_workers, self.trainer.device.type == "cuda", c.seed)
+        mine, padding = rank_rows(rows, self.index.lengths, p.world_size, p.world_size, p.rank)
+        return self._loader(mine, padding, c.seed)
 
 
-def prepare(config: TrainConfig) -> TrainRun:
-    """Check every input (UserInputError naming the flag or file) and build the trainer."""
+def _grouped(batches: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    it = iter(batches)
+    while group := list(itertools.islice(it, size)):
+        yield group
+
+
+def steps_per_epoch(config: TrainConfig, index: DataIndex, rows_per_step: int) -> list[int]:
+    cap = config.max_steps_per_epoch or 10**12
+    return [
+        min(
+            cap,
+            math.ceil(len(epoch_rows(index, config.total_seq_len, config.seed, e)) / rows_per_step),
+        )
+        for e in range(config.epochs)
+    ]
+
+
+def prepare(
+    config: TrainConfig,
+    parallel: Parallel | None = None,
+    device: torch.device | None = None,
+    wrap: Callable[[Eagle3Draft], Eagle3Draft] | None = None,
+) -> TrainRun:
+    """Check every input (UserInputError naming the flag or file) and build the trainer.
+    A distributed run passes its `parallel`, this rank's `device`, and `wrap` (FSDP)."""
+    parallel = parallel or SingleProcess()
+    rows_per_step = config.rows_per_step or parallel.world_size
+    if rows_per_step % parallel.world_size:
+        raise UserInputError(
+            f"--rows-per-step {rows_per_step} must be a multiple of the number of processes "
+            f"({parallel.world_size})."
+        )
     verifier = load_verifier_config(config.verifier_name_or_path, VERIFIER_FLAG)
     index = index_data(
         config.data_path, config.data_format_version, config.val_fraction, config.seed
     )
     layer_ids = check_layers(config, verifier, index)
     d2t, t2d = load_vocab_mapping(config.d2t_path, config.t2d_path, verifier.vocab_size)
-    device = resolve_device(config.device)
+    device = device or resolve_device(config.device)
     model, targets = build_model(config, verifier, d2t, t2d, index.num_aux_layers)
-    cap = config.max_steps_per_epoch or 10**12
-    rows_per_epoch = [
-        min(cap, len(epoch_rows(index, config.total_seq_len, config.seed, e)))
-        for e in range(config.epochs)
-    ]
+    rows_per_epoch = steps_per_epoch(config, index, rows_per_step)
     config_json = speculators_config(
         transformer_layer_config=layer_config_dict(model.config),
         draft_vocab_size=int(d2t.shape[0]),
@@ -187,26 +239,41 @@ def prepare(config: TrainConfig) -> TrainRun:
         speculative_tokens=config.ttt_steps,
         speculators_version=__version__,
     )
+    head_dim = int(model.config.head_dim or 0)
+    model = model.to(device)
     trainer = Trainer(
-        model.to(device),
+        wrap(model) if wrap else model,
         _targets_to(targets, device),
-        trainer_options(config, device, sum(rows_per_epoch), int(model.config.head_dim or 0)),
+        trainer_options(config, device, sum(rows_per_epoch), head_dim, wrap is None),
         device,
         config.save_path,
         config_json,
+        parallel=parallel,
     )
-    return TrainRun(config, index, layer_ids, trainer, rows_per_epoch)
+    return TrainRun(config, index, layer_ids, trainer, rows_per_epoch, rows_per_step)
 
 
-def run_train(config: TrainConfig, progress: Any = None) -> TrainResult:
+def run_train(
+    config: TrainConfig,
+    progress: Any = None,
+    parallel: Parallel | None = None,
+    device: torch.device | None = None,
+    wrap: Callable[[Eagle3Draft], Eagle3Draft] | None = None,
+) -> TrainResult:
     """Train per `config`, resuming unless told not to. `progress`, if given, gets
-    `start(first_epoch, epochs, rows_per_epoch)`, `step(global_step, metrics)` and
-    `epoch(epoch, summary)` calls (the CLI's rich view)."""
-    run = prepare(config)
-    trainer = run.trainer
-    loggers = MetricLoggers(
-        config.logger_names, config.log_dir, config.run_name, config.model_dump(mode="json")
-    )
+    `start(first_epoch, epochs, steps_per_epoch)`, `step(global_step, metrics)` and
+    `epoch(epoch, summary)` calls (the CLI's rich view). A distributed run passes `parallel`,
+    `device` and `wrap` (see `prepare`); only its main rank logs and reports progress."""
+    return train_prepared(prepare(config, parallel, device, wrap), progress)
+
+
+def train_prepared(run: TrainRun, progress: Any = None) -> TrainResult:
+    """The run after `prepare`: resume, train the remaining epochs, save each."""
+    config, trainer = run.config, run.trainer
+    if not trainer.is_main:
+        progress = None
+    names = config.logger_names if trainer.is_main else []
+    loggers = MetricLoggers(names, config.log_dir, config.run_name, config.model_dump(mode="json"))
     resumed = None
     if not config.no_resume_from_checkpoint:
         resumed = find_latest_complete_checkpoint(config.save_path)
@@ -219,7 +286,7 @@ def run_train(config: TrainConfig, progress: Any = None) -> TrainResult:
             progress.step(step, metrics)
 
     def on_epoch(epoch: int, summary: dict[str, float]) -> None:
-        if config.no_resume_from_checkpoint and epoch == 0:
+        if config.no_resume_from_checkpoint and epoch == 0 and trainer.is_main:
             # Starting over replaces the old run: its later epochs must not be resumed from.
             for old in config.save_path.iterdir():
                 if old.name.isdigit() and int(old.name) > 0:

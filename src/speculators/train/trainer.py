@@ -1,7 +1,8 @@
 """The training loop: optimizer and schedule, one step, validation, checkpoints, resume.
 
-Nothing here knows about processes or ranks: a distributed wrapper passes `is_main` and wraps
-the model; step, evaluation and saving are separate methods it can call.
+Nothing here knows about process groups: a distributed wrapper (train/distributed.py) wraps the
+model and passes a `parallel` object that sums metrics across ranks and gathers/scatters full
+state dicts; `SingleProcess` is the plain one-process version.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from speculators.errors import UserInputError
 from speculators.models.eagle3 import Eagle3Draft
 from speculators.train.attention import AttentionImpl
 from speculators.train.loss import TTTMetrics
+from speculators.train.parallel import Parallel, SingleProcess, reduce_metrics
 from speculators.train.step import VerifierTargets, ttt_forward
 
 
@@ -52,6 +54,7 @@ class TrainerOptions:
     lr_decay: str
     attention: AttentionImpl
     seed: int
+    fused_adamw: bool = True  # on CUDA; the distributed wrapper uses foreach with DTensors
 
 
 @dataclass
@@ -64,7 +67,7 @@ class Trainer:
     device: torch.device
     save_path: Path
     config_json: dict[str, Any]
-    is_main: bool = True
+    parallel: Parallel = field(default_factory=SingleProcess)
     on_step: Callable[[int, dict[str, float]], None] | None = None
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
     epoch: int = 0  # the next epoch to run
@@ -74,13 +77,17 @@ class Trainer:
     def __post_init__(self) -> None:
         o = self.options
         params = [p for p in self.model.parameters() if p.requires_grad]
-        fused = self.device.type == "cuda"
+        fused = self.device.type == "cuda" and o.fused_adamw
         self.optimizer = torch.optim.AdamW(
             params, lr=o.lr, weight_decay=o.weight_decay, betas=(0.9, 0.95), fused=fused
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(o.total_steps, o.warmup_steps, o.lr_decay)
         )
+
+    @property
+    def is_main(self) -> bool:
+        return self.parallel.is_main
 
     def _autocast(self) -> Any:
         if self.device.type == "cuda":
@@ -96,29 +103,44 @@ class Trainer:
                 out[k] = out[k].float()
         return out
 
-    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
-        """One optimizer step on one batch; returns this step's metrics."""
+    def train_step(self, batch: dict[str, Any] | list[dict[str, Any]]) -> dict[str, float]:
+        """One optimizer step on one batch, or on a list of micro-batches (gradients of their
+        mean loss); returns this step's metrics, summed over all ranks."""
         start = time.perf_counter()
         o = self.options
         self.model.train()
-        batch = self._to_device(batch)
-        with self._autocast():
-            loss, metrics = ttt_forward(
-                self.model, batch, self.targets, o.ttt_steps, o.ttt_step_loss_decay, o.attention
-            )
+        micro = batch if isinstance(batch, list) else [batch]
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        metrics, loss_sum = TTTMetrics(o.ttt_steps), 0.0
+        for one in micro:
+            with self._autocast():
+                loss, m = ttt_forward(
+                    self.model,
+                    self._to_device(one),
+                    self.targets,
+                    o.ttt_steps,
+                    o.ttt_step_loss_decay,
+                    o.attention,
+                )
+            # Each row weighs the same; ranks are averaged by FSDP's gradient reduction.
+            (loss / len(micro)).backward()
+            metrics.merge(m)
+            loss_sum += float(loss.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad], o.max_grad_norm
         )
         self.optimizer.step()
         self.scheduler.step()
         self.global_step += 1
+        total_loss, rows = self.parallel.sum([loss_sum, float(len(micro))])
+        metrics = reduce_metrics(metrics, self.parallel)
         out = metrics.summary("train/")
-        out["train/loss"] = float(loss.detach())
+        out["train/loss"] = total_loss / rows
         out["train/grad_norm"] = float(grad_norm)
         out["train/lr"] = float(self.scheduler.get_last_lr()[0])
         out["train/tokens_per_s"] = metrics.num_tokens / (time.perf_counter() - start)
+        if self.device.type == "cuda":
+            out["train/peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self._last_metrics = metrics
         return out
 
@@ -139,16 +161,32 @@ class Trainer:
                     o.attention,
                 )
             total.merge(metrics)
-        return total
+        return reduce_metrics(total, self.parallel)
 
     def save(self, epoch: int, summary: dict[str, float]) -> Path:
-        """Write `save_path/{epoch}` (a complete checkpoint or nothing)."""
-        state = self.model.state_dict()
+        """Write `save_path/{epoch}` (a complete checkpoint or nothing). Every rank calls this
+        (the full state is gathered from all); only the main rank writes."""
+        state = self.parallel.model_state(self.model)
+        optimizer_state = self.parallel.optimizer_state(self.model, self.optimizer)
+        path = self.save_path / str(epoch)
+        if self.is_main:
+            self._write(path, epoch, summary, state, optimizer_state)
+        self.parallel.barrier()  # nobody moves on (or resumes) before the files exist
+        return path
+
+    def _write(
+        self,
+        path: Path,
+        epoch: int,
+        summary: dict[str, float],
+        state: dict[str, torch.Tensor],
+        optimizer_state: dict[str, Any],
+    ) -> Path:
         return ckpt.save_checkpoint(
-            self.save_path / str(epoch),
+            path,
             model_state=state,
             config=self.config_json,
-            optimizer_state=self.optimizer.state_dict(),
+            optimizer_state=optimizer_state,
             scheduler_state=self.scheduler.state_dict(),
             trainer_state={"master_weights": {k: v.detach().cpu() for k, v in state.items()}},
             training_state={
@@ -172,21 +210,23 @@ class Trainer:
             checkpoint_dir / name, map_location="cpu", weights_only=True
         )
         try:
-            self.model.load_state_dict(load(ckpt.TRAINER_STATE_FILE)["master_weights"])
+            self.parallel.load_model_state(
+                self.model, load(ckpt.TRAINER_STATE_FILE)["master_weights"]
+            )
         except RuntimeError as e:
             raise UserInputError(
                 f"checkpoint {checkpoint_dir} is of a different draft (other --num-layers, "
                 f"vocab or verifier): {str(e).splitlines()[0]} Pass --no-resume-from-checkpoint "
                 "to start over, or another --save-path."
             ) from None
-        self.optimizer.load_state_dict(load(ckpt.OPTIMIZER_FILE))
+        self.parallel.load_optimizer_state(self.model, self.optimizer, load(ckpt.OPTIMIZER_FILE))
         self.scheduler.load_state_dict(load(ckpt.SCHEDULER_FILE))
         state = ckpt.read_training_state(checkpoint_dir)
         self.epoch, self.global_step = state["epoch"] + 1, state["global_step"]
 
     def train(
         self,
-        train_batches: Callable[[int], Iterable[dict[str, Any]]],
+        train_batches: Callable[[int], Iterable[dict[str, Any] | list[dict[str, Any]]]],
         val_batches: Callable[[], Iterable[dict[str, Any]] | None],
     ) -> list[dict[str, float]]:
         """Run the remaining epochs; after each, validate and save. Returns epoch summaries."""
@@ -204,8 +244,7 @@ class Trainer:
             if val is not None:
                 summary.update(self.evaluate(val).summary("val/"))
             summary["epoch"] = self.epoch
-            if self.is_main:
-                self.save(self.epoch, summary)
+            self.save(self.epoch, summary)
             if self.on_epoch:
                 self.on_epoch(self.epoch, summary)
             self.history.append(summary)

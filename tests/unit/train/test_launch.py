@@ -1,0 +1,126 @@
+"""The torchrun re-exec: which command `speculators train` execs, when, and what it writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from speculators.cli import app
+from speculators.config import TrainConfig
+from speculators.train import launch
+
+
+def test_single_node_command():
+    cmd = launch.torchrun_command(Path("/ck/train_config.json"), 4, python="/py")
+    assert cmd == [
+        "/py", "-m", "torch.distributed.run", "--nproc-per-node", "4", "--standalone",
+        "-m", "speculators", "train", "--config", "/ck/train_config.json",
+    ]  # fmt: skip
+
+
+def test_multi_node_command_uses_torchruns_c10d_rendezvous():
+    node = lambda r: launch.torchrun_command(  # noqa: E731
+        Path("/shared/ck/train_config.json"), 8, 2, r, "node0:29400", python="/py"
+    )
+    cmd = node(1)
+    assert "--standalone" not in cmd
+    opt = lambda name: cmd[cmd.index(name) + 1]  # noqa: E731
+    assert (opt("--nproc-per-node"), opt("--nnodes"), opt("--node-rank")) == ("8", "2", "1")
+    assert (opt("--rdzv-backend"), opt("--rdzv-endpoint")) == ("c10d", "node0:29400")
+    rdzv_id = lambda c: c[c.index("--rdzv-id") + 1]  # noqa: E731
+    assert rdzv_id(node(0)) == rdzv_id(node(1))  # both nodes join the same rendezvous
+    assert cmd[-5:] == ["-m", "speculators", "train", "--config", "/shared/ck/train_config.json"]
+
+
+def test_when_to_launch():
+    under = {"TORCHELASTIC_RUN_ID": "x"}
+    assert not launch.should_launch(4, 4, 1, under)  # already a worker: never again
+    assert not launch.should_launch(None, 1, 1, {})  # one GPU or CPU: train right here
+    assert launch.should_launch(1, 1, 1, {})  # explicit --nproc-per-node 1: through torchrun
+    assert launch.should_launch(None, 2, 1, {})  # two GPUs visible
+    assert launch.should_launch(None, 1, 2, {})  # several nodes
+
+
+def test_process_count_follows_visible_gpus():
+    assert launch.visible_gpu_count({"CUDA_VISIBLE_DEVICES": "2,5"}, 8) == 2
+    assert launch.visible_gpu_count({"CUDA_VISIBLE_DEVICES": ""}, 8) == 0
+    assert launch.visible_gpu_count({}, 3) == 3
+    assert launch.resolve_nproc(None, "auto", 2) == 2
+    assert launch.resolve_nproc(None, "auto", 0) == 1
+    assert launch.resolve_nproc(None, "cpu", 8) == 1
+    assert launch.resolve_nproc(3, "cpu", 0) == 3
+
+
+@pytest.fixture
+def exec_calls(monkeypatch):
+    calls: list[list[str]] = []
+
+    def fake_exec(cmd):
+        calls.append(cmd)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(launch, "exec_torchrun", fake_exec)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    return calls
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, ["train", *args])
+
+
+def test_cli_writes_the_resolved_config_and_execs_torchrun(exec_calls, tmp_path):
+    save = tmp_path / "ck"
+    res = invoke(
+        "--verifier-name-or-path", "some/model", "--save-path", str(save), "--epochs", "3",
+        "--nproc-per-node", "2", "--device", "cpu",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    (cmd,) = exec_calls
+    assert cmd[cmd.index("--nproc-per-node") + 1] == "2" and "--standalone" in cmd
+    assert cmd[-2:] == ["--config", str(save / "train_config.json")]
+    written = TrainConfig(**json.loads((save / "train_config.json").read_text()))
+    assert (written.epochs, written.nproc_per_node, written.device) == (3, 2, "cpu")
+    assert written.verifier_name_or_path == "some/model"
+
+
+def test_config_file_with_overriding_flags(exec_calls, tmp_path):
+    path = tmp_path / "c.json"
+    save = tmp_path / "ck"
+    values = {"verifier_name_or_path": "m", "save_path": str(save), "epochs": 7, "lr": 0.5}
+    path.write_text(json.dumps(values | {"nproc_per_node": 2, "device": "cpu"}))
+    res = invoke("--config", str(path), "--epochs", "2")
+    assert res.exit_code == 0, res.output
+    written = json.loads((save / "train_config.json").read_text())
+    assert (written["epochs"], written["lr"]) == (2, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--nnodes", "2"], ["--nnodes", "--rdzv-endpoint"]),
+        (["--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1"], ["--node-rank"]),
+        (["--nproc-per-node", "2", "--rows-per-step", "3"], ["--rows-per-step"]),
+        (["--nproc-per-node", "2", "--device", "cuda"], ["--nproc-per-node", "GPU"]),
+    ],
+)
+def test_bad_process_flags(exec_calls, tmp_path, args, names):
+    pytest.importorskip("torch")
+    import torch
+
+    if "cuda" in args and torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has two GPUs")
+    res = invoke("--verifier-name-or-path", "m", "--save-path", str(tmp_path / "ck"), *args)
+    assert res.exit_code == 2, res.output
+    for name in names:
+        assert name in res.output
+    assert not exec_calls and not (tmp_path / "ck").exists()
+
+
+def test_bad_config_file_is_named(exec_calls, tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text("{not json")
+    res = invoke("--config", str(path))
+    assert res.exit_code == 2 and "--config" in res.output and "c.json" in res.output
