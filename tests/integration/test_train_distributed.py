@@ -48,10 +48,16 @@ def speculators_train(args: list[str], timeout: int = 240) -> subprocess.Complet
 def two_procs(tiny_llama, train_data, tiny_vocab, tmp_path_factory) -> Path:
     save = tmp_path_factory.mktemp("two") / "ck"
     args = flags(tiny_llama, train_data, tiny_vocab, save)
-    res = speculators_train([*args, "--nproc-per-node", "2", "--device", "cpu"])
+    logs = ["--logger", "jsonl", "--log-dir", str(save.parent / "logs")]
+    res = speculators_train([*args, *logs, "--nproc-per-node", "2", "--device", "cpu"])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "torch.distributed.run" in res.stderr and "--standalone" in res.stderr
     return save
+
+
+def step_losses(log_dir: Path) -> list[float]:
+    lines = (log_dir / "speculators" / "metrics.jsonl").read_text().splitlines()
+    return [x["train/loss"] for x in map(json.loads, lines) if "train/loss" in x]
 
 
 def epoch_metrics(save: Path) -> list[dict[str, float]]:
@@ -67,8 +73,11 @@ def test_two_processes_follow_the_one_process_loss_curve(
     # The resolved config the workers read, with the process count filled in.
     written = json.loads((two_procs / "train_config.json").read_text())
     assert written["nproc_per_node"] == 2 and written["rows_per_step"] == 2
-    one = TrainConfig(**(written | {"save_path": str(tmp_path / "one"), "nproc_per_node": None}))
-    history = run_train(one).history  # the plain trainer, no process group, 2 rows per step
+    single = {"save_path": str(tmp_path / "one"), "log_dir": str(tmp_path), "nproc_per_node": None}
+    history = run_train(TrainConfig(**(written | single))).history  # no process group
+    curve_one, curve_two = step_losses(tmp_path), step_losses(two_procs.parent / "logs")
+    assert len(curve_one) == len(curve_two) == 2 * EPOCHS
+    assert curve_two == pytest.approx(curve_one, rel=2e-3)
     two = epoch_metrics(two_procs)
     assert len(history) == len(two) == EPOCHS
     for a, b in zip(history, two):

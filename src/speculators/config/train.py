@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from speculators.config.base import StrictModel
 
-LOGGERS = ("tensorboard", "wandb", "trackio")
+LOGGERS = ("tensorboard", "wandb", "trackio", "jsonl")
 
 
 class TrainConfig(StrictModel):
@@ -33,7 +33,8 @@ class TrainConfig(StrictModel):
     )
     logger: str = Field(
         "",
-        description="Comma-separated loggers: tensorboard, wandb, trackio ('' = console only).",
+        description="Comma-separated loggers: tensorboard, wandb, trackio, jsonl "
+        "(LOG_DIR/RUN_NAME/metrics.jsonl) ('' = console only).",
     )
     total_seq_len: int = Field(
         8192, ge=16, description="Tokens per packed training row (documents are packed)."

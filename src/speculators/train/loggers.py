@@ -1,7 +1,8 @@
-"""Metric loggers (tensorboard, wandb, trackio) behind one small interface."""
+"""Metric loggers (tensorboard, wandb, trackio, jsonl) behind one small interface."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,10 @@ class MetricLoggers:
                 raise _missing(name, "trackio") from None
             trackio.init(project="speculators", name=run_name, config=config)
             return trackio
+        if name == "jsonl":  # one JSON object per logged step, needs no package
+            path = log_dir / (run_name or "speculators") / "metrics.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return path.open("a")
         raise AssertionError(f"unknown logger {name}")  # TrainConfig rejects these
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -58,12 +63,15 @@ class MetricLoggers:
             if name == "tensorboard":
                 for key, value in metrics.items():
                     sink.add_scalar(key, value, step)
+            elif name == "jsonl":
+                sink.write(json.dumps({"step": step, **metrics}) + "\n")
+                sink.flush()
             else:
                 sink.log(metrics, step=step)
 
     def close(self) -> None:
         for name, sink in self._sinks:
-            if name == "tensorboard":
+            if name in ("tensorboard", "jsonl"):
                 sink.close()
             else:
                 sink.finish()

@@ -240,6 +240,8 @@ class Trainer:
                     self.on_step(self.global_step, step_metrics)
             summary = epoch_metrics.summary("train/")
             summary["train/tokens_per_s"] = epoch_metrics.num_tokens / (time.perf_counter() - start)
+            if self.device.type == "cuda":
+                summary["train/peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             val = val_batches()
             if val is not None:
                 summary.update(self.evaluate(val).summary("val/"))
