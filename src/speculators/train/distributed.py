@@ -94,8 +94,11 @@ def init(choice: str, env: Mapping[str, str] = os.environ) -> Distributed:
     device = worker_device(choice, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT)
+    if device.type == "cuda":
+        # device_id binds the communicator to this GPU (barriers need not guess it).
+        dist.init_process_group("nccl", timeout=PROCESS_GROUP_TIMEOUT, device_id=device)
+    else:
+        dist.init_process_group("gloo", timeout=PROCESS_GROUP_TIMEOUT)
     return Distributed(rank, world, local_rank, device)
 
 
