@@ -129,3 +129,13 @@ def test_a_failing_rank_stops_the_run_with_its_message(
     assert res.returncode != 0
     assert "error: rank " in out and "NaN" in out, out
     assert not (tmp_path / "ck" / "0").exists()
+
+
+def test_an_error_every_rank_finds_is_printed_once(tiny_llama, train_data, tiny_vocab, tmp_path):
+    (tmp_path / "empty").mkdir()
+    args = flags(tiny_llama, tmp_path / "empty", tiny_vocab, tmp_path / "ck")
+    res = speculators_train([*args, "--nproc-per-node", "2", "--device", "cpu"], timeout=120)
+    out = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode != 0
+    assert out.count("no .pt sample files") == 1, out
+    assert "error: --data-path" in out

@@ -163,8 +163,9 @@ class TrainRun:
         data = PackedRows(self.index.files, rows, c.total_seq_len, c.data_format_version, padding)
         return make_loader(data, c.num_workers, self.trainer.device.type == "cuda", seed)
 
-    def train_batches(self, epoch: int) -> Iterable[list[dict[str, Any]]]:
-        """This rank's micro-batches of each step of `epoch`, one list per optimizer step."""
+    def train_batches(self, epoch: int) -> Iterable[dict[str, Any] | list[dict[str, Any]]]:
+        """This rank's batches of `epoch`: per optimizer step one batch, or a list of
+        micro-batches when each rank takes several rows per step (--rows-per-step)."""
         c, p = self.config, self.trainer.parallel
         rows = epoch_rows(self.index, c.total_seq_len, c.seed, epoch)
         mine, padding = rank_rows(
@@ -188,10 +189,13 @@ class TrainRun:
         return self._loader(mine, padding, c.seed)
 
 
-def _grouped(batches: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+def _grouped(
+    batches: Iterable[dict[str, Any]], size: int
+) -> Iterator[dict[str, Any] | list[dict[str, Any]]]:
+    """Micro-batches of one optimizer step together; a lone batch as itself."""
     it = iter(batches)
     while group := list(itertools.islice(it, size)):
-        yield group
+        yield group if size > 1 else group[0]
 
 
 def steps_per_epoch(config: TrainConfig, index: DataIndex, rows_per_step: int) -> list[int]:

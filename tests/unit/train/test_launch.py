@@ -124,3 +124,17 @@ def test_bad_config_file_is_named(exec_calls, tmp_path):
     path.write_text("{not json")
     res = invoke("--config", str(path))
     assert res.exit_code == 2 and "--config" in res.output and "c.json" in res.output
+
+
+def test_under_torchrun_the_command_trains_as_a_worker(monkeypatch, tmp_path):
+    """`torchrun -m speculators train <flags>`: no second launch, the worker path runs."""
+    from speculators.train import distributed
+
+    seen: list[TrainConfig] = []
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
+    monkeypatch.setattr(launch, "exec_torchrun", lambda cmd: pytest.fail("launched twice"))
+    monkeypatch.setattr(distributed, "run_worker", lambda config, progress: seen.append(config))
+    res = invoke("--verifier-name-or-path", "m", "--save-path", str(tmp_path), "--epochs", "4")
+    assert res.exit_code == 0, res.output
+    assert [c.epochs for c in seen] == [4]
+    assert not (tmp_path / "train_config.json").exists()
