@@ -136,6 +136,8 @@ def train(
     if config_file is not None:
         given = {k: v for k, v in values.items() if _from_command_line(ctx, k)}
         values = _read_config_file(config_file) | given
+    if values.get("verifier_name_or_path") is None:  # optional only so that --config can give it
+        values.pop("verifier_name_or_path", None)
     config = build(TrainConfig, **values)
     from speculators.train import launch
 
