@@ -23,7 +23,7 @@ CPU = [
 ]  # fmt: skip
 GPU = [
     ("datagen", ["bench_datagen.py", "--config", "llama-3.1-8b", "--device", "cuda",
-                 "--num-samples", "512", "--seq-length", "2048", "--batch-size", "16",
+                 "--num-samples", "384", "--seq-length", "2048", "--batch-size", "16",
                  "--length-mix", "sharegpt"]),
     ("train 8192", ["bench_train.py", "--config", "llama-3.1-8b", "--total-seq-len", "8192",
                     "--steps", "10"]),
