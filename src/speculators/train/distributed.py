@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -116,9 +117,12 @@ def parallelize(model: Eagle3Draft, device: torch.device) -> Eagle3Draft:
         if device.type == "cuda"
         else MixedPrecisionPolicy()
     )
+    # TTT runs every layer ttt_steps times per step: keeping the (small) draft's gathered
+    # parameters until the backward saves ttt_steps - 1 all-gathers per layer (ZeRO-2 style).
     for layer in model.layers:
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(model, mp_policy=mp, ignored_params={model.embed_tokens.weight})  # type: ignore[arg-type]
+        fully_shard(layer, mp_policy=mp, reshard_after_forward=False)
+    frozen: set[nn.Parameter] = {model.embed_tokens.weight}  # type: ignore[arg-type]
+    fully_shard(model, mp_policy=mp, reshard_after_forward=False, ignored_params=frozen)
     # TTT calls these besides forward; they must gather the root's parameters too.
     register_fsdp_forward_method(model, "fuse")
     register_fsdp_forward_method(model, "logits")
