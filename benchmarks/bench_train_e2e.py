@@ -126,7 +126,7 @@ def main() -> None:
     p.add_argument("--draft-vocab-size", type=int, default=32000)
     p.add_argument("--nproc-per-node", type=int, default=1)
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--num-workers", type=int, default=8)
     args = p.parse_args()
 
     gen = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
