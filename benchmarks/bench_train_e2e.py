@@ -45,7 +45,7 @@ SIZES = {
 def make_verifier(out: Path, size: str, gen_device: str) -> Path:
     from transformers import LlamaConfig
 
-    cfg = LlamaConfig(**SIZES[size], architectures=["LlamaForCausalLM"], torch_dtype="bfloat16")
+    cfg = LlamaConfig(**SIZES[size], architectures=["LlamaForCausalLM"])
     out.mkdir(parents=True, exist_ok=True)
     cfg.save_pretrained(out)
     v, h = cfg.vocab_size, cfg.hidden_size
