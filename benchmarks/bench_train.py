@@ -90,6 +90,7 @@ def main() -> None:
     p.add_argument("--ttt-steps", type=int, default=3)
     p.add_argument("--num-layers", type=int, default=1)
     p.add_argument("--steps", type=int, default=5, help="timed steps (after 3 warm-up steps)")
+    p.add_argument("--profile", type=Path, help="also profile 2 steps; kernel table to this file")
     p.add_argument("--peak-tflops", type=float, default=780.0, help="for MFU (H200 bf16: ~780)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--attention", choices=["dense", "flex"], default=None)
@@ -146,6 +147,27 @@ def main() -> None:
         result["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         result["gpu"] = torch.cuda.get_device_name()
     print(json.dumps(result))
+    if args.profile:
+        profile(trainer, batches, args.profile)
+
+
+def profile(trainer: Trainer, batches: list, out: Path) -> None:
+    """Where a step's time goes: the top operators by device (or CPU) self time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with torch_profile(activities=activities) as prof:
+        for batch in batches:
+            trainer.train_step(batch)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=30)
+    out.write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":
