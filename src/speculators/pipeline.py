@@ -31,9 +31,10 @@ from speculators.config.pipeline import STAGES, PipelineConfig
 from speculators.errors import UserInputError
 
 STATE_FILE = "pipeline_state.json"
-# Settings that change how fast a stage runs, not what it writes.
+# Settings that change how (fast) a stage runs, not what it writes.
 NOT_FINGERPRINTED = {"batch_size", "num_workers", "device", "logger", "run_name", "overwrite"}
 NOT_FINGERPRINTED |= {"no_resume_from_checkpoint", "gpu_memory_utilization"}
+NOT_FINGERPRINTED |= {"nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint"}
 
 
 class PipelineView(Protocol):
@@ -75,7 +76,10 @@ def _stamp(path_or_name: str) -> Any:
 
 
 def fingerprint(stage: str, config: Any, upstream: list[str]) -> str:
-    values = {k: v for k, v in config.model_dump(mode="json").items() if k not in NOT_FINGERPRINTED}
+    # Only values that differ from their defaults: a field added to a stage's config in a later
+    # version (with a default) does not invalidate finished stages.
+    dumped = config.model_dump(mode="json", exclude_defaults=True)
+    values = {k: v for k, v in dumped.items() if k not in NOT_FINGERPRINTED}
     inputs = []
     if stage == "datagen":
         inputs = [_stamp(config.target_model_path), _stamp(config.train_data_path)]
