@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from speculators.errors import UserInputError
+from speculators.records import read_json_records
 
 SHAREGPT_HUB = (
     "anon8231489123/ShareGPT_Vicuna_unfiltered",
@@ -88,64 +87,10 @@ def _record_turns(record: Any, where: str) -> Any:
     raise UserInputError(f"{where}: a record must be an object, got {type(record).__name__}.")
 
 
-def _read_jsonl(path: Path, text: str) -> list[list[dict[str, str]]]:
-    convs = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserInputError(
-                f"{where}: malformed JSON ({e.msg} at column {e.colno}). Each line of a .jsonl "
-                "file must be one JSON object; fix or remove that line."
-            ) from None
-        convs.append(normalize_conversation(_record_turns(record, where), where))
-    return convs
-
-
-_SEPARATOR = re.compile(r"[\s,]*")
-
-
-def _skip_separators(text: str, pos: int) -> int:
-    match = _SEPARATOR.match(text, pos)
-    assert match is not None  # the pattern matches the empty string
-    return match.end()
-
-
-def _read_json_array(path: Path, text: str) -> tuple[list[list[dict[str, str]]], str | None]:
-    """A JSON array read record by record, so a file cut off mid-record (the ShareGPT dump)
-    still yields every complete record; a syntax error elsewhere is reported with its line."""
-    decoder = json.JSONDecoder()
-    convs: list[list[dict[str, str]]] = []
-    pos = _skip_separators(text, text.index("[") + 1)
-    while pos < len(text) and text[pos] != "]":
-        try:
-            record, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            if not text.rstrip().endswith("]"):
-                note = f"{path} ends mid-record; read its {len(convs):,} complete records"
-                return convs, note
-            line = text.count("\n", 0, e.pos) + 1
-            raise UserInputError(
-                f"{path}, line {line}: malformed JSON ({e.msg}). Fix the file or export it again."
-            ) from None
-        where = f"{path}, record {len(convs)}"
-        convs.append(normalize_conversation(_record_turns(record, where), where))
-        pos = _skip_separators(text, pos)
-    return convs, None
-
-
 def read_conversation_file(path: Path) -> tuple[list[list[dict[str, str]]], str | None]:
     """All conversations of a local .json (array) or .jsonl file, normalized, and a note."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserInputError(f"--train-data-path {path}: cannot read it ({e}).") from None
-    if text.lstrip().startswith("["):
-        return _read_json_array(path, text)
-    return _read_jsonl(path, text), None
+    records, note = read_json_records(path, "--train-data-path")
+    return [normalize_conversation(_record_turns(r, where), where) for r, where in records], note
 
 
 def _file_fingerprint(path: Path) -> str:

@@ -11,8 +11,6 @@ so an eval with datagen's seed and file never measures on a conversation the dra
 from __future__ import annotations
 
 import importlib.util
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from speculators.errors import UserInputError
+from speculators.records import read_json_records
 
 # ShareGPT speaker names -> chat-template roles (the crawl has a few other assistants too).
 ROLES = {"human": "user", "user": "user", "system": "system"}
@@ -74,49 +73,11 @@ def resolve_prompt_file(data_path: str) -> Path:
     return path
 
 
-_SEPARATOR = re.compile(r"[\s,]*")
-
-
-def _skip_separators(text: str, pos: int) -> int:
-    match = _SEPARATOR.match(text, pos)
-    return match.end() if match else pos
-
-
 def read_records(path: Path) -> tuple[list[Any], str | None]:
     """Every complete JSON record of a .jsonl file or .json array (a file cut off mid-record, as
     the ShareGPT dump is, yields its complete records and a note)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserInputError(f"--data-path {path}: cannot read it ({e}).") from None
-    decoder = json.JSONDecoder()
-    if not text.lstrip().startswith("["):
-        records = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserInputError(
-                        f"--data-path {path}, line {lineno}: malformed JSON ({e.msg}). Each line "
-                        "of a .jsonl file must be one JSON record."
-                    ) from None
-        return records, None
-    records = []
-    pos = _skip_separators(text, text.index("[") + 1)
-    while pos < len(text) and text[pos] != "]":
-        try:
-            record, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            if not text.rstrip().endswith("]"):
-                return records, f"{path.name} ends mid-record; read its {len(records):,} records"
-            lineno = text.count("\n", 0, e.pos) + 1
-            raise UserInputError(
-                f"--data-path {path}, line {lineno}: malformed JSON ({e.msg})."
-            ) from None
-        records.append(record)
-        pos = _skip_separators(text, pos)
-    return records, None
+    records, note = read_json_records(path, "--data-path")
+    return [record for record, _ in records], note
 
 
 def prompt_messages(record: Any) -> list[dict[str, str]] | None:

@@ -74,3 +74,12 @@ def test_listing_and_resume_point(tmp_path):
     names = [p.name for p in list_sample_files(tmp_path)]
     assert names == ["data_0.pt", "data_1.pt", "data_2.pt", "data_10.pt"]
     assert first_missing_index(tmp_path, 11) == 3
+
+
+def test_written_files_get_the_umask_mode_not_owner_only(tmp_path):
+    import os
+
+    save_sample(tmp_path / "data_0.pt", torch.arange(2), [torch.zeros(2, 3)] * 2, torch.ones(2))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "data_0.pt").stat().st_mode & 0o777 == 0o666 & ~umask
