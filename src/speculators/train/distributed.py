@@ -88,8 +88,9 @@ def worker_device(choice: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init(choice: str, env: Mapping[str, str] = os.environ) -> Distributed:
+def init(choice: str, env: Mapping[str, str] | None = None) -> Distributed:
     """Join the process group torchrun set up (NCCL on GPUs, gloo on CPUs)."""
+    env = os.environ if env is None else env
     rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
     local_rank = int(env.get("LOCAL_RANK", "0"))
     device = worker_device(choice, local_rank)

@@ -21,8 +21,10 @@ CONFIG_FILE_NAME = "train_config.json"
 TORCHRUN_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun in every worker
 
 
-def under_torchrun(env: Mapping[str, str] = os.environ) -> bool:
-    return TORCHRUN_ENV in env
+def under_torchrun(env: Mapping[str, str] | None = None) -> bool:
+    # os.environ is looked up per call: a default bound at import goes stale when a library
+    # rebinds os.environ (seen in the test suite after HF datasets' worker processes).
+    return TORCHRUN_ENV in (os.environ if env is None else env)
 
 
 def visible_gpu_count(env: Mapping[str, str], torch_count: int) -> int:
@@ -42,7 +44,7 @@ def resolve_nproc(requested: int | None, device: str, gpu_count: int) -> int:
 
 
 def should_launch(
-    requested_nproc: int | None, nproc: int, nnodes: int, env: Mapping[str, str] = os.environ
+    requested_nproc: int | None, nproc: int, nnodes: int, env: Mapping[str, str] | None = None
 ) -> bool:
     """Start torchrun unless already under it or one plain process is wanted. An explicit
     --nproc-per-node (even 1) always goes through torchrun: one code path for 1..N."""
