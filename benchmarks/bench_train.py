@@ -16,31 +16,17 @@ import time
 from pathlib import Path
 
 import torch
+from shapes import SHAPES  # benchmarks/ is on sys.path when a script runs
 from transformers import AutoConfig, LlamaConfig
 
 from speculators.models.eagle3 import Eagle3Draft, draft_layer_config
 from speculators.train.step import VerifierTargets
 from speculators.train.trainer import Trainer, TrainerOptions
 
-PRESETS = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=1024, num_hidden_layers=6),
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152, num_hidden_layers=30,
-                         rope_theta=100000.0, rms_norm_eps=1e-5),
-    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, num_hidden_layers=32,
-                         max_position_embeddings=131072, rms_norm_eps=1e-5,
-                         rope_theta=500000.0,
-                         rope_scaling={"rope_type": "llama3", "factor": 8.0,
-                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                       "original_max_position_embeddings": 8192}),
-}  # fmt: skip
-
 
 def verifier_config(name: str):
-    if name in PRESETS:
-        return LlamaConfig(**PRESETS[name])
+    if name in SHAPES:
+        return LlamaConfig(**SHAPES[name])
     return AutoConfig.from_pretrained(Path(name).parent if name.endswith(".json") else name)
 
 
@@ -84,7 +70,7 @@ def flops_per_token(cfg, batch: dict[str, torch.Tensor], vd: int, ttt_steps: int
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--config", default="tiny", help=f"{', '.join(PRESETS)} or a config path")
+    p.add_argument("--config", default="tiny", help=f"{', '.join(SHAPES)} or a config path")
     p.add_argument("--total-seq-len", type=int, default=1024)
     p.add_argument("--draft-vocab-size", type=int, default=32000)
     p.add_argument("--ttt-steps", type=int, default=3)

@@ -28,24 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
-
-SIZES = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=2048, num_hidden_layers=8, head_dim=16),
-    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, num_hidden_layers=32,
-                         max_position_embeddings=131072, rms_norm_eps=1e-5,
-                         rope_theta=500000.0, head_dim=128,
-                         rope_scaling={"rope_type": "llama3", "factor": 8.0,
-                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                       "original_max_position_embeddings": 8192}),
-}  # fmt: skip
+from shapes import SHAPES  # benchmarks/ is on sys.path when a script runs
 
 
 def make_verifier(out: Path, size: str, gen_device: str) -> Path:
     from transformers import LlamaConfig
 
-    cfg = LlamaConfig(**SIZES[size], architectures=["LlamaForCausalLM"])
+    cfg = LlamaConfig(**SHAPES[size], architectures=["LlamaForCausalLM"])
     out.mkdir(parents=True, exist_ok=True)
     cfg.save_pretrained(out)
     v, h = cfg.vocab_size, cfg.hidden_size
@@ -117,7 +106,7 @@ def make_vocab(out: Path, vocab_size: int, draft_vocab_size: int) -> tuple[Path,
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--size", choices=list(SIZES), default="llama-3.1-8b")
+    p.add_argument("--size", choices=list(SHAPES), default="llama-3.1-8b")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/bench_train_e2e"))
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20, help="steps left out of the steady state")
@@ -135,7 +124,7 @@ def main() -> None:
     verifier = root / "verifier"
     if not (verifier / "model.safetensors").is_file():
         make_verifier(verifier, args.size, gen)
-    vocab = SIZES[args.size]["vocab_size"]
+    vocab = SHAPES[args.size]["vocab_size"]
     vd = min(args.draft_vocab_size, vocab // 2)
     d2t, t2d = make_vocab(root / "vocab", vocab, vd)
     # Enough samples (mean ~550 tokens, packed ~90% full) for `steps` rows of one epoch.
