@@ -29,7 +29,7 @@ from speculators.datagen.preprocess import (
 )
 from speculators.datagen.sources import load_raw_data
 from speculators.datagen.writer import SampleWriter
-from speculators.errors import UserInputError
+from speculators.errors import UserInputError, describe
 
 # on_progress(num_samples_done, num_samples_total, num_tokens_computed_this_run)
 ProgressFn = Callable[[int, int, int], None]
@@ -153,8 +153,7 @@ def _load_tokenizer(model_path: str) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
     except (OSError, ValueError) as e:
         raise UserInputError(
-            f"--target-model-path {model_path}: cannot load its tokenizer "
-            f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})."
+            f"--target-model-path {model_path}: cannot load its tokenizer ({describe(e)})."
         ) from None
     check_tokenizer(tokenizer, model_path)
     return tokenizer

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from speculators.errors import UserInputError
+from speculators.errors import UserInputError, describe
 from speculators.records import read_json_records
 
 SHAREGPT_HUB = (
@@ -119,7 +119,7 @@ def _from_hub(name: str, cache_dir: Path | None, **kwargs: Any) -> RawData:
     except Exception as e:  # datasets raises many types: not found, offline, bad config
         raise UserInputError(
             f"--train-data-path {name}: cannot load it as a Hugging Face hub dataset "
-            f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}). Built-in names "
+            f"({describe(e)}). Built-in names "
             f"are {', '.join(BUILTIN_NAMES)}; local files must end in .json or .jsonl."
         ) from None
     column = next((c for c in CONVERSATION_KEYS if c in dataset.column_names), None)

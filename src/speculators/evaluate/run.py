@@ -16,7 +16,7 @@ from speculators.artifacts.atomic import atomic_write_json, atomic_write_text
 from speculators.artifacts.checkpoint import load_draft
 from speculators.artifacts.layer_ids import from_vllm_aux_layer_ids
 from speculators.config.eval import EvalConfig
-from speculators.errors import UserInputError
+from speculators.errors import UserInputError, describe
 from speculators.evaluate.decode import DecodeStats, as_generator, speculative_generate
 from speculators.evaluate.models import EagleProposer, HFVerifier
 from speculators.evaluate.prompts import load_prompts
@@ -131,8 +131,7 @@ def _load_verifier(name: str, dtype: torch.dtype, device: torch.device) -> tuple
         model: Any = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except (OSError, ValueError) as e:
         raise UserInputError(
-            f"{VERIFIER_FLAG} {name}: cannot load the model ({e.__class__.__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''})."
+            f"{VERIFIER_FLAG} {name}: cannot load the model ({describe(e)})."
         ) from None
     if not getattr(tokenizer, "chat_template", None):
         raise UserInputError(

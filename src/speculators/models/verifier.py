@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from speculators.errors import UserInputError
+from speculators.errors import UserInputError, describe
 
 
 def load_verifier_config(name_or_path: str, flag: str) -> Any:
@@ -31,8 +31,8 @@ def load_verifier_config(name_or_path: str, flag: str) -> Any:
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
         raise UserInputError(
-            f"{flag} {name_or_path}: cannot read the model config ({e.__class__.__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). Pass a local model directory or a hub "
+            f"{flag} {name_or_path}: cannot read the model config ({describe(e)}). "
+            "Pass a local model directory or a hub "
             "name that is in the local cache."
         ) from None
     return config.get_text_config() if hasattr(config, "get_text_config") else config

@@ -103,6 +103,19 @@ class Trainer:
                 out[k] = out[k].float()
         return out
 
+    def _forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, TTTMetrics]:
+        """The TTT forward of one batch (loss and metrics) under this run's autocast."""
+        o = self.options
+        with self._autocast():
+            return ttt_forward(
+                self.model,
+                self._to_device(batch),
+                self.targets,
+                o.ttt_steps,
+                o.ttt_step_loss_decay,
+                o.attention,
+            )
+
     def train_step(self, batch: dict[str, Any] | list[dict[str, Any]]) -> dict[str, float]:
         """One optimizer step on one batch, or on a list of micro-batches (gradients of their
         mean loss); returns this step's metrics, summed over all ranks."""
@@ -113,15 +126,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         metrics, loss_sum = TTTMetrics(o.ttt_steps), 0.0
         for one in micro:
-            with self._autocast():
-                loss, m = ttt_forward(
-                    self.model,
-                    self._to_device(one),
-                    self.targets,
-                    o.ttt_steps,
-                    o.ttt_step_loss_decay,
-                    o.attention,
-                )
+            loss, m = self._forward(one)
             # Each row weighs the same; ranks are averaged by FSDP's gradient reduction.
             (loss / len(micro)).backward()
             metrics.merge(m)
@@ -151,15 +156,7 @@ class Trainer:
         self.model.eval()
         total = TTTMetrics(o.ttt_steps)
         for batch in batches:
-            with self._autocast():
-                _, metrics = ttt_forward(
-                    self.model,
-                    self._to_device(batch),
-                    self.targets,
-                    o.ttt_steps,
-                    o.ttt_step_loss_decay,
-                    o.attention,
-                )
+            _, metrics = self._forward(batch)
             total.merge(metrics)
         return reduce_metrics(total, self.parallel)
 

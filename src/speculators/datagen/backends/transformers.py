@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from speculators.config import DatagenConfig
-from speculators.errors import UserInputError
+from speculators.errors import UserInputError, describe
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
@@ -81,7 +81,7 @@ class TransformersBackend:
         except (OSError, ValueError) as e:
             raise UserInputError(
                 f"--target-model-path {config.target_model_path}: cannot load the model "
-                f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})."
+                f"({describe(e)})."
             ) from None
         finally:
             hf_logging.set_verbosity(verbosity)
