@@ -20,6 +20,7 @@ from shapes import SHAPES  # benchmarks/ is on sys.path when a script runs
 from transformers import AutoConfig, LlamaConfig
 
 from speculators.models.eagle3 import Eagle3Draft, draft_layer_config
+from speculators.train.run import place_model
 from speculators.train.step import VerifierTargets
 from speculators.train.trainer import Trainer, TrainerOptions
 
@@ -80,6 +81,7 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=780.0, help="for MFU (H200 bf16: ~780)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--attention", choices=["dense", "flex"], default=None)
+    p.add_argument("--no-compile", action="store_true", help="eager draft (GPU default: compiled)")
     args = p.parse_args()
 
     device = torch.device(args.device)
@@ -98,9 +100,9 @@ def main() -> None:
     options = TrainerOptions(
         epochs=1, lr=1e-4, weight_decay=0.0, max_grad_norm=1.0, ttt_steps=args.ttt_steps,
         ttt_step_loss_decay=1.0, total_steps=1000, warmup_steps=10, lr_decay="cosine",
-        attention=attention, seed=0,
+        attention=attention, seed=0, compile=device.type == "cuda" and not args.no_compile,
     )  # fmt: skip
-    trainer = Trainer(model.to(device), targets, options, device, Path("/nonexistent"), {})
+    trainer = Trainer(place_model(model, device), targets, options, device, Path("/x"), {})
     # The pure step as the peer measures it: the packed row is already on the device. (The
     # H200 run of 2026-11-29 copied it from pageable host memory each step: ~35 ms of 243 ms.)
     batches = [
@@ -122,6 +124,7 @@ def main() -> None:
         "config": args.config,
         "device": str(device),
         "attention": attention,
+        "compiled": options.compile,
         "total_seq_len": args.total_seq_len,
         "draft_vocab_size": vd,
         "ttt_steps": args.ttt_steps,

@@ -116,6 +116,7 @@ def main() -> None:
     p.add_argument("--nproc-per-node", type=int, default=1)
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--num-workers", type=int, default=8)
+    p.add_argument("--no-compile", action="store_true", help="pass --no-compile to train")
     args = p.parse_args()
 
     gen = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
@@ -145,7 +146,7 @@ def main() -> None:
         "--total-seq-len", str(args.total_seq_len), "--num-workers", str(args.num_workers),
         "--nproc-per-node", str(args.nproc_per_node), "--device", args.device,
         "--logger", "jsonl", "--log-dir", str(logs), "--run-name", "bench",
-    ]  # fmt: skip
+    ] + (["--no-compile"] if args.no_compile else [])  # fmt: skip
     print(" ".join(cmd), flush=True)
     t1 = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -158,6 +159,10 @@ def report(metrics_file: Path, checkpoint: Path, args: argparse.Namespace, wall:
     steps = [x for x in lines if "train/tokens_per_s" in x]
     steady = steps[args.warmup :] or steps
     rates = [x["train/tokens_per_s"] for x in steady]
+    # Wall time per step includes the wait for the loader (outside the step's own timer).
+    step_s = [x["train/step_s"] + x["train/data_wait_s"] for x in steady]
+    tokens = [x["train/tokens_per_s"] * x["train/step_s"] for x in steady]
+    wait_share = sum(x["train/data_wait_s"] for x in steady) / sum(step_s)
     state = json.loads((checkpoint / "training_state.json").read_text())["metrics"]
     result = {
         "size": args.size,
@@ -165,6 +170,8 @@ def report(metrics_file: Path, checkpoint: Path, args: argparse.Namespace, wall:
         "total_seq_len": args.total_seq_len,
         "steps": len(steps),
         "steady_tokens_per_s_median": statistics.median(rates),
+        "steady_tokens_per_s_incl_data_wait": sum(tokens) / sum(step_s),
+        "data_wait_share": round(wait_share, 4),
         "steady_tokens_per_s_mean_per_process": statistics.fmean(rates) / args.nproc_per_node,
         "epoch_tokens_per_s_incl_warmup_and_loading": state["train/tokens_per_s"],
         "peak_mem_gib": max((x.get("train/peak_mem_gib", 0.0) for x in steps), default=0.0),

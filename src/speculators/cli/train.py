@@ -117,6 +117,7 @@ def train(
     val_fraction: float = option(TrainConfig, "val_fraction"),
     device: str = option(TrainConfig, "device"),
     attention: str = option(TrainConfig, "attention"),
+    no_compile: bool = option(TrainConfig, "no_compile"),
     num_workers: int = option(TrainConfig, "num_workers"),
     max_steps_per_epoch: int = option(TrainConfig, "max_steps_per_epoch"),
     rows_per_step: int = option(TrainConfig, "rows_per_step"),

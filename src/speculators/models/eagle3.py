@@ -10,7 +10,8 @@ cache below (sequential, causal, used by `speculators eval`) or the training-tim
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,8 @@ from transformers.models.llama.modeling_llama import (
     LlamaRotaryEmbedding,
     apply_rotary_pos_emb,
 )
+
+T = TypeVar("T")
 
 # Verifier config keys the draft's Llama layers inherit (whatever the verifier's architecture).
 _INHERITED_KEYS = (
@@ -120,16 +123,25 @@ class Eagle3Attention(nn.Module):
         self.v_proj = nn.Linear(input_size, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(
-        self, x_BTI: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], kv: KVContext
-    ) -> torch.Tensor:
+    def qkv(
+        self, x_BTI: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projected, rotated q [B, nh, T, D] and k, v [B, nkv, T, D]."""
         b, t, _ = x_BTI.shape
         q = self.q_proj(x_BTI).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x_BTI).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x_BTI).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, *cos_sin)
-        out_BHTD = kv.attend(self.layer_idx, q, k, v)
-        return self.o_proj(out_BHTD.transpose(1, 2).reshape(b, t, -1))
+        return q, k, v
+
+    def out(self, attn_BHTD: torch.Tensor) -> torch.Tensor:
+        b, _, t, _ = attn_BHTD.shape
+        return self.o_proj(attn_BHTD.transpose(1, 2).reshape(b, t, -1))
+
+    def forward(
+        self, x_BTI: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], kv: KVContext
+    ) -> torch.Tensor:
+        return self.out(kv.attend(self.layer_idx, *self.qkv(x_BTI, cos_sin)))
 
 
 class Eagle3DecoderLayer(nn.Module):
@@ -155,13 +167,28 @@ class Eagle3DecoderLayer(nn.Module):
         cos_sin: tuple[torch.Tensor, torch.Tensor],
         kv: KVContext,
     ) -> torch.Tensor:
+        q, k, v, residual = self.before_attention(hidden_BTH, embeds_BTH, cos_sin)
+        return self.after_attention(kv.attend(self.self_attn.layer_idx, q, k, v), residual)
+
+    # The layer in two pure pieces around the (stateful) attention call, so that each can be
+    # compiled on its own: training fuses their element-wise work (norms, rotary, SiLU).
+    def before_attention(
+        self,
+        hidden_BTH: torch.Tensor,
+        embeds_BTH: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q, k, v, residual) of this layer's input."""
         if self.fused_input:
             residual = self.hidden_norm(hidden_BTH)
             x = torch.cat([self.input_layernorm(embeds_BTH), residual], dim=-1)
         else:
             residual = hidden_BTH
             x = self.input_layernorm(hidden_BTH)
-        residual = residual + self.self_attn(x, cos_sin, kv)
+        return (*self.self_attn.qkv(x, cos_sin), residual)
+
+    def after_attention(self, attn_BHTD: torch.Tensor, residual_BTH: torch.Tensor) -> torch.Tensor:
+        residual = residual_BTH + self.self_attn.out(attn_BHTD)
         return residual + self.mlp(self.post_attention_layernorm(residual))
 
 
@@ -241,6 +268,12 @@ class Eagle3Draft(nn.Module):
     def logits(self, hidden_BTH: torch.Tensor) -> torch.Tensor:
         """Draft logits over the draft vocab [B, T, Vd] from `forward`'s output."""
         return self.lm_head(self.norm(hidden_BTH))
+
+    def head(self, hidden_BTH: torch.Tensor, apply: Callable[[torch.Tensor, torch.Tensor], T]) -> T:
+        """`apply(norm(hidden), lm_head.weight)`: the lm_head fused with whatever consumes its
+        logits (training's loss never holds all of them). A method, so that sharding wrappers
+        can gather the parameters around it as around `forward`."""
+        return apply(self.norm(hidden_BTH), self.lm_head.weight)
 
     def step(
         self,

@@ -127,6 +127,7 @@ def parallelize(model: Eagle3Draft, device: torch.device) -> Eagle3Draft:
     # TTT calls these besides forward; they must gather the root's parameters too.
     register_fsdp_forward_method(model, "fuse")
     register_fsdp_forward_method(model, "logits")
+    register_fsdp_forward_method(model, "head")
     return model
 
 

@@ -8,7 +8,7 @@ document, or is not an assistant token (loss mask 0), are not scored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
 
 import torch
 import torch.nn.functional as F
@@ -27,18 +27,24 @@ def verifier_targets(
     eps: float,
     draft_target_ids: torch.Tensor,
     chunk: int = 2048,
+    pad: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-probs over the draft vocab [N, Vd] fp32, argmax over the FULL vocab [N]).
+    """(log-probs over the draft vocab [N + pad, Vd] fp32, argmax over the FULL vocab [N + pad]).
 
-    Chunked over positions so that full-vocab logits never exist for all N at once.
+    Chunked over positions so that full-vocab logits never exist for all N at once. `pad` extra
+    rows (uniform log-probs, argmax -1) let callers take shifted views [s : s + N] without a copy.
     """
-    logp, argmax = [], []
-    for start in range(0, last_hidden_NH.shape[0], chunk):
-        h = rms_norm(last_hidden_NH[start : start + chunk], norm_H, eps).to(lm_head_VH.dtype)
+    n, vd = last_hidden_NH.shape[0], draft_target_ids.numel()
+    device = last_hidden_NH.device
+    logp = torch.full((n + pad, vd), -math.log(vd), dtype=torch.float32, device=device)
+    argmax = torch.full((n + pad,), -1, dtype=torch.long, device=device)
+    for start in range(0, n, chunk):
+        end = min(n, start + chunk)
+        h = rms_norm(last_hidden_NH[start:end], norm_H, eps).to(lm_head_VH.dtype)
         logits_NV = h @ lm_head_VH.T
-        argmax.append(logits_NV.argmax(-1))
-        logp.append(F.log_softmax(logits_NV[:, draft_target_ids].float(), dim=-1))
-    return torch.cat(logp), torch.cat(argmax)
+        argmax[start:end] = logits_NV.argmax(-1)
+        logp[start:end] = F.log_softmax(logits_NV[:, draft_target_ids].float(), dim=-1)
+    return logp, argmax
 
 
 def shift(x_BT: torch.Tensor, n: int) -> torch.Tensor:
@@ -60,7 +66,8 @@ def kl_and_correct(
     d2t: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-position forward KL(verifier || draft) over the draft vocab, and whether the draft's
-    argmax (as a verifier id) equals the verifier's argmax over its full vocab."""
+    argmax (as a verifier id) equals the verifier's argmax over its full vocab. The reference
+    that `train.head_loss` fuses with the lm_head (and the tests compare against)."""
     logq = F.log_softmax(draft_logits_NVd.float(), dim=-1)
     kl_N = (target_logp_NVd.exp() * (target_logp_NVd - logq)).sum(-1)
     draft_argmax = draft_logits_NVd.argmax(-1)
@@ -68,21 +75,28 @@ def kl_and_correct(
     return kl_N, correct_N
 
 
-@dataclass
+_SUMS = ("loss_sum", "scored", "correct", "chain_num", "chain_den")
+
+
 class TTTMetrics:
-    """Sums over scored positions, per TTT step; add batches, then read `summary()`."""
+    """Sums over scored positions, per TTT step; add batches, then read `summary()`.
 
-    num_steps: int
-    loss_sum: list[float] = field(default_factory=list)
-    scored: list[float] = field(default_factory=list)
-    correct: list[float] = field(default_factory=list)
-    chain_num: list[float] = field(default_factory=list)  # all steps <= s right, step s scored
-    chain_den: list[float] = field(default_factory=list)  # all steps < s right, step s scored
-    num_tokens: int = 0
+    `add_step` keeps its sums on the device: reading them would make the host wait for the GPU
+    in the middle of a step. They are fetched all at once (one synchronisation) when first read.
+    """
 
-    def __post_init__(self) -> None:
-        for name in ("loss_sum", "scored", "correct", "chain_num", "chain_den"):
-            setattr(self, name, [0.0] * self.num_steps)
+    def __init__(self, num_steps: int, num_tokens: int | torch.Tensor = 0) -> None:
+        self.num_steps = num_steps
+        self._totals = {name: [0.0] * num_steps for name in _SUMS}
+        self._tokens = 0
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (step or -1 for tokens, values)
+        self.add_tokens(num_tokens)
+
+    def add_tokens(self, num_tokens: int | torch.Tensor) -> None:
+        if isinstance(num_tokens, torch.Tensor):
+            self._pending.append((-1, num_tokens.detach().reshape(1).double()))
+        else:
+            self._tokens += int(num_tokens)
 
     def add_step(
         self,
@@ -92,27 +106,83 @@ class TTTMetrics:
         scored_N: torch.Tensor,
         prefix_right_N: torch.Tensor,
     ) -> None:
-        w = scored_N.float()
-        self.loss_sum[s] += float((kl_N.detach() * w).sum())
-        self.scored[s] += float(w.sum())
-        self.correct[s] += float((correct_N & scored_N).sum())
-        self.chain_den[s] += float((prefix_right_N & scored_N).sum())
-        self.chain_num[s] += float((prefix_right_N & correct_N & scored_N).sum())
+        w = scored_N.double()
+        right = correct_N & scored_N
+        chain_den = prefix_right_N & scored_N
+        values = [kl_N.detach().double() * w, w, right, chain_den & correct_N, chain_den]
+        self._pending.append((s, torch.stack([v.double().sum() for v in values])))
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        values = torch.cat([v.cpu() for _, v in self._pending]).tolist()  # one sync per device
+        i = 0
+        for s, v in self._pending:
+            if s < 0:
+                self._tokens += int(values[i])
+            else:
+                for name, x in zip(_SUMS, values[i : i + len(_SUMS)]):
+                    self._totals[name][s] += x
+            i += v.numel()
+        self._pending = []
+
+    def totals(self) -> dict[str, list[float]]:
+        """The sums per TTT step, by name (loss_sum, scored, correct, chain_num, chain_den)."""
+        self._flush()
+        return {name: list(v) for name, v in self._totals.items()}
+
+    @classmethod
+    def from_totals(
+        cls, totals: dict[str, list[float]], num_steps: int, num_tokens: int
+    ) -> TTTMetrics:
+        out = cls(num_steps, num_tokens)
+        for name in _SUMS:
+            out._totals[name] = list(totals[name])
+        return out
+
+    @property
+    def num_tokens(self) -> int:
+        self._flush()
+        return self._tokens
+
+    @property
+    def loss_sum(self) -> list[float]:
+        return self.totals()["loss_sum"]
+
+    @property
+    def scored(self) -> list[float]:
+        return self.totals()["scored"]
+
+    @property
+    def correct(self) -> list[float]:
+        return self.totals()["correct"]
+
+    @property
+    def chain_num(self) -> list[float]:
+        return self.totals()["chain_num"]
+
+    @property
+    def chain_den(self) -> list[float]:
+        return self.totals()["chain_den"]
 
     def merge(self, other: TTTMetrics) -> None:
-        for name in ("loss_sum", "scored", "correct", "chain_num", "chain_den"):
-            mine, theirs = getattr(self, name), getattr(other, name)
-            setattr(self, name, [a + b for a, b in zip(mine, theirs)])
-        self.num_tokens += other.num_tokens
+        if other.num_steps != self.num_steps:
+            raise ValueError(f"merging metrics of {other.num_steps} and {self.num_steps} steps")
+        self._pending.extend(other._pending)  # device values: shared, not moved
+        for name in _SUMS:
+            self._totals[name] = [a + b for a, b in zip(self._totals[name], other._totals[name])]
+        self._tokens += other._tokens
 
     def summary(self, prefix: str = "") -> dict[str, float]:
+        t = self.totals()
         out: dict[str, float] = {}
         survive, accept_len = 1.0, 1.0
         for s in range(self.num_steps):
-            n = max(self.scored[s], 1.0)
-            out[f"{prefix}loss_{s}"] = self.loss_sum[s] / n
-            out[f"{prefix}acc_{s}"] = self.correct[s] / n
-            cond = self.chain_num[s] / self.chain_den[s] if self.chain_den[s] else 0.0
+            n = max(t["scored"][s], 1.0)
+            out[f"{prefix}loss_{s}"] = t["loss_sum"][s] / n
+            out[f"{prefix}acc_{s}"] = t["correct"][s] / n
+            den = t["chain_den"][s]
+            cond = t["chain_num"][s] / den if den else 0.0
             out[f"{prefix}cond_acc_{s}"] = cond
             survive *= cond
             accept_len += survive

@@ -70,11 +70,9 @@ class SingleProcess:
 
 def reduce_metrics(metrics: TTTMetrics, parallel: Parallel) -> TTTMetrics:
     """Sum the metric numerators and denominators over all ranks (ratios are taken after)."""
-    names = ("loss_sum", "scored", "correct", "chain_num", "chain_den")
-    n = metrics.num_steps
-    flat = [v for name in names for v in getattr(metrics, name)] + [float(metrics.num_tokens)]
-    total = parallel.sum(flat)
-    out = TTTMetrics(n, num_tokens=int(total[-1]))
-    for i, name in enumerate(names):
-        setattr(out, name, total[i * n : (i + 1) * n])
-    return out
+    totals, n = metrics.totals(), metrics.num_steps
+    names = list(totals)
+    flat = [v for name in names for v in totals[name]] + [float(metrics.num_tokens)]
+    summed = parallel.sum(flat)
+    out = {name: summed[i * n : (i + 1) * n] for i, name in enumerate(names)}
+    return TTTMetrics.from_totals(out, n, int(summed[-1]))

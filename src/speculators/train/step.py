@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from speculators.models.eagle3 import Eagle3Draft
 from speculators.train.attention import AttentionImpl, TTTAttention
-from speculators.train.loss import (
-    TTTMetrics,
-    in_doc,
-    kl_and_correct,
-    shift,
-    verifier_targets,
-    weighted_loss,
-)
+from speculators.train.head_loss import linear_kl
+from speculators.train.loss import TTTMetrics, in_doc, shift, verifier_targets, weighted_loss
 
 
 @dataclass
@@ -27,16 +22,19 @@ class VerifierTargets:
     eps: float
     draft_target_ids: torch.Tensor  # target id of each draft id, ascending
 
-    def __call__(self, last_hidden_BTH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, t, h = last_hidden_BTH.shape
-        logp, argmax = verifier_targets(
-            last_hidden_BTH.reshape(b * t, h),
+    def __call__(
+        self, last_hidden_BTH: torch.Tensor, pad: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probs over the draft vocab [B*T + pad, Vd], full-vocab argmax [B*T + pad]),
+        positions flattened row after row; `pad` rows at the end are placeholders."""
+        return verifier_targets(
+            last_hidden_BTH.flatten(0, 1),
             self.norm_H,
             self.lm_head_VH,
             self.eps,
             self.draft_target_ids,
+            pad=pad,
         )
-        return logp.view(b, t, -1), argmax.view(b, t)
 
 
 def ttt_forward(
@@ -46,33 +44,42 @@ def ttt_forward(
     ttt_steps: int,
     step_loss_decay: float,
     impl: AttentionImpl = "dense",
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, TTTMetrics]:
     """Unroll `ttt_steps` draft steps on a packed batch; return the weighted loss and metrics.
 
     Step s feeds token i+1+s and the previous step's output hidden state (step 0: the fused
-    verifier features of position i) at position pos_i + s.
+    verifier features of position i) at position pos_i + s. Its targets are the verifier's at
+    position i+1+s: a view of the flattened targets shifted by 1+s (positions whose shifted
+    target crosses into the next row or the padding are outside their document: not scored).
+    Nothing here waits for the GPU: metrics stay on the device until read.
     """
     ids, doc, pos = batch["input_ids"], batch["doc_ids"], batch["position_ids"]
     loss_mask = batch["loss_mask"].bool()
-    target_logp, target_argmax = targets(batch["last_hidden_state"])
+    n = ids.numel()
+    target_logp, target_argmax = targets(batch["last_hidden_state"], pad=ttt_steps + 1)
     hidden = model.fuse(batch["aux_hidden_states"].to(model.fc.weight.dtype))
     kv = TTTAttention(doc, impl)
-    metrics = TTTMetrics(ttt_steps, num_tokens=int((doc >= 0).sum()))
-    prefix_right = torch.ones_like(loss_mask)
+    metrics = TTTMetrics(ttt_steps, num_tokens=(doc >= 0).sum())
+    prefix_right = torch.ones(n, dtype=torch.bool, device=ids.device)
     losses = []
     for s in range(ttt_steps):
         tokens = shift(ids, 1 + s) * in_doc(doc, 1 + s)
         hidden = model(tokens, hidden, pos + s, kv)
-        logits = model.logits(hidden)
-        scored = in_doc(doc, 2 + s) & shift(loss_mask, 2 + s)
-        kl, correct = kl_and_correct(
-            logits.flatten(0, 1),
-            shift(target_logp, 1 + s).flatten(0, 1),
-            shift(target_argmax, 1 + s).flatten(),
-            model.d2t,
+        scored = (in_doc(doc, 2 + s) & shift(loss_mask, 2 + s)).flatten()
+        weight = scored.float() / scored.sum().clamp(min=1)
+        loss, kl, correct = model.head(
+            hidden,
+            partial(
+                linear_kl,
+                target_logp_NV=target_logp[1 + s : 1 + s + n],
+                target_argmax_N=target_argmax[1 + s : 1 + s + n],
+                weight_N=weight,
+                d2t_V=model.d2t,
+                compiled=compiled,
+            ),
         )
-        kl, correct = kl.view_as(scored), correct.view_as(scored)
-        losses.append((kl * scored).sum() / scored.sum().clamp(min=1))
+        losses.append(loss)
         metrics.add_step(s, kl, correct, scored, prefix_right)
         prefix_right = prefix_right & correct
     return weighted_loss(losses, step_loss_decay), metrics

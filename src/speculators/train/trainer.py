@@ -21,8 +21,10 @@ from speculators.artifacts import checkpoint as ckpt
 from speculators.errors import UserInputError
 from speculators.models.eagle3 import Eagle3Draft
 from speculators.train.attention import AttentionImpl
+from speculators.train.compiled import compile_layers
 from speculators.train.loss import TTTMetrics
 from speculators.train.parallel import Parallel, SingleProcess, reduce_metrics
+from speculators.train.prefetch import prefetch_to_device
 from speculators.train.step import VerifierTargets, ttt_forward
 
 
@@ -55,6 +57,7 @@ class TrainerOptions:
     attention: AttentionImpl
     seed: int
     fused_adamw: bool = True  # on CUDA; the distributed wrapper uses foreach with DTensors
+    compile: bool = False  # torch.compile the draft's layers and loss (GPU runs)
 
 
 @dataclass
@@ -84,6 +87,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(o.total_steps, o.warmup_steps, o.lr_decay)
         )
+        if o.compile:
+            compile_layers(self.model)
 
     @property
     def is_main(self) -> bool:
@@ -114,6 +119,7 @@ class Trainer:
                 o.ttt_steps,
                 o.ttt_step_loss_decay,
                 o.attention,
+                o.compile,
             )
 
     def train_step(self, batch: dict[str, Any] | list[dict[str, Any]]) -> dict[str, float]:
@@ -124,26 +130,28 @@ class Trainer:
         self.model.train()
         micro = batch if isinstance(batch, list) else [batch]
         self.optimizer.zero_grad(set_to_none=True)
-        metrics, loss_sum = TTTMetrics(o.ttt_steps), 0.0
+        # Nothing in the loop reads a number off the GPU, so the host queues work ahead of it.
+        metrics, loss_sum = TTTMetrics(o.ttt_steps), torch.zeros((), device=self.device)
         for one in micro:
             loss, m = self._forward(one)
             # Each row weighs the same; ranks are averaged by FSDP's gradient reduction.
             (loss / len(micro)).backward()
             metrics.merge(m)
-            loss_sum += float(loss.detach())
+            loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad], o.max_grad_norm
         )
         self.optimizer.step()
         self.scheduler.step()
         self.global_step += 1
-        total_loss, rows = self.parallel.sum([loss_sum, float(len(micro))])
+        total_loss, rows = self.parallel.sum([float(loss_sum), float(len(micro))])
         metrics = reduce_metrics(metrics, self.parallel)
         out = metrics.summary("train/")
         out["train/loss"] = total_loss / rows
         out["train/grad_norm"] = float(grad_norm)
         out["train/lr"] = float(self.scheduler.get_last_lr()[0])
-        out["train/tokens_per_s"] = metrics.num_tokens / (time.perf_counter() - start)
+        out["train/step_s"] = time.perf_counter() - start
+        out["train/tokens_per_s"] = metrics.num_tokens / out["train/step_s"]
         if self.device.type == "cuda":
             out["train/peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self._last_metrics = metrics
@@ -230,8 +238,14 @@ class Trainer:
         while self.epoch < self.options.epochs:
             epoch_metrics = TTTMetrics(self.options.ttt_steps)
             start = time.perf_counter()
-            for batch in train_batches(self.epoch):
+            batches = prefetch_to_device(train_batches(self.epoch), self.device)
+            wait_start = time.perf_counter()
+            for batch in batches:
+                # Host time spent getting this batch: the loader (and copy) not keeping up.
+                data_wait = time.perf_counter() - wait_start
                 step_metrics = self.train_step(batch)
+                step_metrics["train/data_wait_s"] = data_wait
+                wait_start = time.perf_counter()
                 epoch_metrics.merge(self._last_metrics)
                 if self.on_step:
                     self.on_step(self.global_step, step_metrics)

@@ -23,7 +23,8 @@ FLAGS = {
     "train": {
         "--attention", "--config", "--d2t-path", "--data-format-version", "--data-path",
         "--device", "--epochs", "--log-dir", "--logger", "--lr", "--lr-decay", "--max-grad-norm",
-        "--max-steps-per-epoch", "--nnodes", "--no-resume-from-checkpoint", "--node-rank",
+        "--max-steps-per-epoch", "--nnodes", "--no-compile", "--no-resume-from-checkpoint",
+        "--node-rank",
         "--nproc-per-node", "--num-layers", "--num-workers", "--rdzv-endpoint", "--rows-per-step",
         "--run-name", "--save-path", "--seed", "--t2d-path", "--total-seq-len",
         "--ttt-step-loss-decay", "--ttt-steps", "--val-fraction", "--verifier-name-or-path",

@@ -89,3 +89,23 @@ def test_ttt_steps_equal_sequential_decoding_of_each_packed_document(setup):
         assert metrics.loss_sum[s] == pytest.approx(sums[s], rel=2e-3, abs=1e-4)
     expected = sum(0.5**s * sums[s] / counts[s] for s in range(steps))
     assert float(loss) == pytest.approx(expected, rel=2e-3)
+
+
+def test_rows_of_a_batch_are_independent(setup):
+    """Targets are shifted over the flattened batch: nothing may leak across rows."""
+    model, targets, _, index = setup
+    rows = PackedRows(index.files, [[0, 1], [2]], 128, 1)
+    per_row, steps = [], 3
+
+    def run(batch):
+        for key in ("aux_hidden_states", "last_hidden_state"):
+            batch[key] = batch[key].float()
+        with torch.no_grad():
+            return ttt_forward(model, batch, targets, steps, 1.0)[1].totals()
+
+    both = run(collate([rows[0], rows[1]]))
+    per_row = [run(collate([rows[i]])) for i in range(2)]
+    for name, values in both.items():
+        expected = [a + b for a, b in zip(per_row[0][name], per_row[1][name])]
+        assert values == pytest.approx(expected, rel=1e-5), name
+    assert both["scored"][0] > 0
