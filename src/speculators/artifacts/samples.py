@@ -43,17 +43,27 @@ def sample_index(path: Path) -> int | None:
 def save_sample(
     path: Path, input_ids: torch.Tensor, hidden_states: list[torch.Tensor], loss_mask: torch.Tensor
 ) -> None:
-    """Write a version-1 sample atomically. Tensors are made contiguous CPU copies of their own
-    storage, so the file holds [L, H] and not a view of a larger batch tensor."""
+    """Write a version-1 sample atomically. Each tensor is stored on its own storage, so the file
+    holds [L, H] and not a view of a larger batch tensor."""
     length = input_ids.shape[0]
     assert loss_mask.shape == (length,)
     assert all(h.shape[0] == length and h.ndim == 2 for h in hidden_states)
     record = {
-        "input_ids": input_ids.to("cpu", torch.long).clone(),
-        "hidden_states": [h.to("cpu", torch.bfloat16).clone() for h in hidden_states],
-        "loss_mask": loss_mask.to("cpu", torch.long).clone(),
+        "input_ids": _compact(input_ids, torch.long),
+        "hidden_states": [_compact(h, torch.bfloat16) for h in hidden_states],
+        "loss_mask": _compact(loss_mask, torch.long),
     }
     atomic_torch_save(path, record)
+
+
+def _compact(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`tensor` on the CPU in `dtype`, copied only if it does not already span exactly its
+    storage (torch.save writes a tensor's whole storage, so a view would drag the batch along)."""
+    tensor = tensor.to("cpu", dtype)
+    whole = tensor.numel() * tensor.element_size() == tensor.untyped_storage().nbytes()
+    if tensor.is_contiguous() and tensor.storage_offset() == 0 and whole:
+        return tensor
+    return tensor.clone()
 
 
 def _fail(path: Path, why: str) -> UserInputError:
