@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -14,6 +15,10 @@ class HiddenStatesBackend(Protocol):
     `capture` takes a batch of token-id sequences and returns, per sequence and in the same
     order, one bf16 CPU tensor [L_i, H] per layer id (aux layers first, the last layer last).
     A backend never computes logits it does not need.
+
+    A backend may also offer `launch(batch) -> PendingCapture`: start the batch and return
+    before its results are on the host, so that the caller can launch the next batch first
+    (the transformers backend does; see `launch_capture` for the fallback).
     """
 
     name: str
@@ -23,3 +28,38 @@ class HiddenStatesBackend(Protocol):
     def capture(self, batch: list[list[int]]) -> list[list[torch.Tensor]]: ...
 
     def close(self) -> None: ...
+
+
+class PendingCapture(Protocol):
+    """A launched batch. `wait()` blocks until its hidden states are on the host and returns
+    them as `capture` would; they stay valid until `release()`, which frees their memory for
+    a later batch. Both may be called from another thread than the one that launched."""
+
+    def wait(self) -> list[list[torch.Tensor]]: ...
+
+    def release(self) -> None: ...
+
+
+@dataclass
+class ReadyCapture:
+    """A batch captured synchronously: already on the host, nothing to release."""
+
+    states: list[list[torch.Tensor]]
+
+    def wait(self) -> list[list[torch.Tensor]]:
+        return self.states
+
+    def release(self) -> None:
+        pass
+
+
+def launch_capture(
+    backend: HiddenStatesBackend, batch: list[list[int]], pipelined: bool = True
+) -> PendingCapture:
+    """`backend.launch(batch)` when the backend has it (and `pipelined`), else a synchronous
+    `capture` wrapped as already done. The generation loop calls only this."""
+    launch = getattr(backend, "launch", None)
+    if pipelined and launch is not None:
+        pending: PendingCapture = launch(batch)
+        return pending
+    return ReadyCapture(backend.capture(batch))

@@ -4,6 +4,8 @@ The base model (no lm_head) runs over a right-padded batch; forward hooks on the
 layers keep their outputs, which are exactly our layer ids (SPEC §2: output of decoder layer i,
 before the final norm, also for the last layer). Right padding with an attention mask leaves
 every real token's positions and attention unchanged, so a batch equals its samples one by one.
+`launch` returns while the GPU still computes; the real tokens then travel to pinned host memory
+on a side stream (staging.py), so the next batch's forward is queued before this one lands.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 
 from speculators.config import DatagenConfig
+from speculators.datagen.backends.staging import StagedCapture, StagingPool, stage
 from speculators.errors import UserInputError, describe
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
@@ -64,6 +67,8 @@ class TransformersBackend:
         self._captured: dict[int, torch.Tensor] = {}
         layers = decoder_layers(model, self.num_layers)
         self._hooks = [layers[i].register_forward_hook(self._hook(i)) for i in self.layer_ids]
+        self._pool = StagingPool(device)
+        self._copy_stream: torch.cuda.Stream | None = None
 
     @classmethod
     def from_config(cls, config: DatagenConfig, layer_ids: Sequence[int]) -> TransformersBackend:
@@ -95,8 +100,9 @@ class TransformersBackend:
 
         return keep
 
-    @torch.inference_mode()
-    def capture(self, batch: list[list[int]]) -> list[list[torch.Tensor]]:
+    def _inputs(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Right-padded input ids and, when there is padding, the attention mask, on the device.
+        Built in pinned memory on CUDA: a copy from pageable memory would wait for the GPU."""
         lengths = [len(ids) for ids in batch]
         width = max(lengths)
         input_ids = torch.zeros((len(batch), width), dtype=torch.long)
@@ -104,17 +110,35 @@ class TransformersBackend:
         for row, ids in enumerate(batch):
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, : len(ids)] = 1
-        self._captured.clear()
+        if self.device.type == "cuda":
+            input_ids, attention_mask = input_ids.pin_memory(), attention_mask.pin_memory()
         # A batch without padding needs no mask, which keeps the fast causal attention path.
-        mask = None if min(lengths) == width else attention_mask.to(self.device)
-        self.model(input_ids=input_ids.to(self.device), attention_mask=mask, use_cache=False)
-        # [layers, B, T, H] in one device-to-host copy.
-        stacked = torch.stack([self._captured[i] for i in self.layer_ids]).cpu()
+        mask = None if min(lengths) == width else attention_mask.to(self.device, non_blocking=True)
+        return input_ids.to(self.device, non_blocking=True), mask
+
+    @torch.inference_mode()
+    def launch(self, batch: list[list[int]]) -> StagedCapture:
+        """Queue the forward pass and the copy of the kept layers to the host; return without
+        waiting for either (on CUDA). Only real tokens are copied, sample by sample."""
+        input_ids, mask = self._inputs(batch)
         self._captured.clear()
-        return [
-            [stacked[k, row, :n] for k in range(len(self.layer_ids))]
-            for row, n in enumerate(lengths)
-        ]
+        self.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+        lengths = [len(ids) for ids in batch]
+        # [sum_i layers * L_i, H], sample-major: one kernel, no padding rows.
+        packed = torch.cat(
+            [self._captured[k][row, :n] for row, n in enumerate(lengths) for k in self.layer_ids]
+        )
+        self._captured.clear()
+        if self._copy_stream is None and self.device.type == "cuda":
+            self._copy_stream = torch.cuda.Stream(self.device)
+        return stage(self._pool, packed, lengths, len(self.layer_ids), self._copy_stream)
+
+    def capture(self, batch: list[list[int]]) -> list[list[torch.Tensor]]:
+        pending = self.launch(batch)
+        try:
+            return [[t.clone() for t in sample] for sample in pending.wait()]
+        finally:
+            pending.release()
 
     def close(self) -> None:
         for hook in self._hooks:
