@@ -2,7 +2,8 @@
 
 Order of work: every check that can fail on user input runs before anything is written, then
 token counts and data_config.json, then the samples that are still missing (a rerun resumes),
-in batches of similar length; files are written on background threads while the next batch runs.
+in batches of similar length (generate.py: files are written on background threads while the
+next batch runs).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from speculators.artifacts.layer_ids import resolve_layer_ids
 from speculators.artifacts.samples import sample_path
 from speculators.artifacts.token_freq import TokenFreqMeta, save_token_freq
 from speculators.config import DatagenConfig
+from speculators.datagen.generate import ProgressFn, generate_samples
 from speculators.datagen.outputs import check_output_dir, check_token_freq_path, write_data_config
 from speculators.datagen.preprocess import (
     TokenizedData,
@@ -28,11 +29,7 @@ from speculators.datagen.preprocess import (
     tokenize_dataset,
 )
 from speculators.datagen.sources import load_raw_data
-from speculators.datagen.writer import SampleWriter
 from speculators.errors import UserInputError, describe
-
-# on_progress(num_samples_done, num_samples_total, num_tokens_computed_this_run)
-ProgressFn = Callable[[int, int, int], None]
 
 
 @dataclass
@@ -95,41 +92,6 @@ def _fingerprint(config: DatagenConfig, data: TokenizedData, layer_ids: list[int
     model = str(path.resolve()) if path.exists() else config.target_model_path
     blob = json.dumps([data.fingerprint, model, layer_ids])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def _batches(data: TokenizedData, todo: list[int], batch_size: int) -> list[list[int]]:
-    """Longest first (an out-of-memory error shows up at once), neighbours in length together."""
-    lengths = data.lengths()
-    order = sorted(todo, key=lambda i: (-lengths[i], i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def _generate(
-    config: DatagenConfig,
-    backend: Any,
-    data: TokenizedData,
-    todo: list[int],
-    on_progress: ProgressFn | None,
-) -> tuple[int, int]:
-    """Compute and write the samples `todo`; returns (bytes written, tokens computed)."""
-    import torch
-
-    done, tokens = data.num_samples - len(todo), 0
-    writer = SampleWriter(max_pending=2 * config.batch_size)
-    try:
-        for batch in _batches(data, todo, config.batch_size):
-            samples = [data.sample(i) for i in batch]
-            states = backend.capture([ids for ids, _ in samples])
-            for idx, (ids, mask), hidden in zip(batch, samples, states):
-                ids_t, mask_t = torch.tensor(ids), torch.tensor(mask)
-                writer.put((sample_path(config.output_dir, idx), ids_t, hidden, mask_t))
-                tokens += len(ids)
-            done += len(batch)
-            if on_progress is not None:
-                on_progress(done, data.num_samples, tokens)
-    finally:
-        writer.close()
-    return writer.bytes_written, tokens
 
 
 @dataclass
@@ -235,9 +197,11 @@ def run_datagen(
             save_token_freq(config.token_freq_path, plan.counts, plan.meta)
             if on_progress is not None:
                 on_progress(data.num_samples - len(todo), data.num_samples, 0)
-            gen_start = time.perf_counter()
-            bytes_written, tokens = _generate(config, backend, data, todo, on_progress)
-            gen_seconds = time.perf_counter() - gen_start
+            stats = generate_samples(
+                backend, data, todo, config.output_dir, config.batch_size, on_progress
+            )
+            bytes_written, tokens = stats.bytes_written, stats.num_tokens
+            gen_seconds = stats.seconds
         finally:
             backend.close()
     else:
