@@ -1,11 +1,19 @@
-"""Datagen throughput: our path (batched base-model forward + hooks + background writes) against
-a plain per-sample `model(..., output_hidden_states=True)` loop, same model, same tokens, one run.
+"""Datagen throughput: our generation loop (length-sorted batches, base-model forward + hooks,
+asynchronous copy to pinned memory, background writes) against a plain per-sample
+`model(..., output_hidden_states=True)` loop, same model, same tokens, one run.
+
+Paths (`--paths`, default all): `baseline` (per-sample HF loop, no writes), `capture` (our
+forward + copy to host, one batch in flight, no writes: the compute ceiling), `sync` (our loop
+with a synchronous capture per batch: the pre-pipelining design, and what the vLLM backend
+runs), `pipelined` (our loop as `speculators datagen` runs it). The write paths run once per
+`--out-dir`. `--compile` then reruns capture and pipelined with each decoder layer's forward
+under torch.compile (dynamic shapes): an ablation, not a datagen flag.
 
     # CPU, real SmolLM2-135M-Instruct over real ShareGPT rows (about 2 minutes):
     python benchmarks/bench_datagen.py --num-samples 24 --seq-length 256
-    # GPU, a random-weight verifier of Llama-3.1-8B's shape over synthetic token sequences:
-    python benchmarks/bench_datagen.py --config llama-3.1-8b --device cuda --num-samples 256 \\
-        --seq-length 2048 --batch-size 8
+    # GPU, a random-weight verifier of Llama-3.1-8B's shape, local disk and /dev/shm:
+    python benchmarks/bench_datagen.py --config llama-3.1-8b --device cuda --num-samples 192 \\
+        --seq-length 2048 --batch-size 16 --length-mix sharegpt --out-dir . /dev/shm
 """
 
 from __future__ import annotations
@@ -18,6 +26,10 @@ from pathlib import Path
 
 import torch
 from shapes import SHAPES  # benchmarks/ is on sys.path when a script runs
+
+from speculators.datagen.generate import GenerationStats, length_sorted_batches
+
+PATHS = ("baseline", "capture", "sync", "pipelined")
 
 
 def smollm2_dir() -> Path:
@@ -80,6 +92,19 @@ def samples(args: argparse.Namespace, model_path: Path | None, vocab_size: int):
     ]
 
 
+class Rows:
+    """What the generation loop reads of TokenizedData (no HF datasets: absent on GPU hosts)."""
+
+    def __init__(self, rows: list[tuple[list[int], list[int]]]) -> None:
+        self.rows, self.num_samples = rows, len(rows)
+
+    def sample(self, i: int) -> tuple[list[int], list[int]]:
+        return self.rows[i]
+
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids, _ in self.rows]
+
+
 def baseline(model, rows, layer_ids, device) -> tuple[float, float]:
     """The loop people write first: one sample at a time, all hidden states and the logits.
     Returns (wall seconds, process CPU seconds)."""
@@ -93,52 +118,94 @@ def baseline(model, rows, layer_ids, device) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def ours(model, rows, layer_ids, device, batch_size: int, out_dir: Path) -> tuple[float, float]:
-    """run.py's generation loop (length-sorted batches, hooks, writer thread) on the same model."""
-    from types import SimpleNamespace
-
+def ours(model, rows, layer_ids, device, args, out_dir: Path, pipelined: bool):
+    """`speculators datagen`'s generation loop on the same model. Returns (wall, CPU, stats)."""
     from speculators.datagen.backends.transformers import TransformersBackend
-    from speculators.datagen.run import _generate
+    from speculators.datagen.generate import generate_samples
+    from speculators.datagen.writer import SampleWriter
 
-    class Rows:  # what _generate reads of TokenizedData, without HF datasets (absent on GPU hosts)
-        num_samples = len(rows)
-
-        def sample(self, i: int) -> tuple[list[int], list[int]]:
-            return rows[i]
-
-        def lengths(self) -> list[int]:
-            return [len(ids) for ids, _ in rows]
-
-    data = Rows()
-    config = SimpleNamespace(output_dir=out_dir, batch_size=batch_size)
     backend = TransformersBackend(model.model, layer_ids, device)
+    writer = SampleWriter(args.max_batches, args.writer_threads)
     start, cpu = time.perf_counter(), time.process_time()
-    _generate(config, backend, data, list(range(len(rows))), None)
+    todo = list(range(len(rows)))
+    stats = generate_samples(
+        backend, Rows(rows), todo, out_dir, args.batch_size, pipelined=pipelined, writer=writer
+    )
     _sync(device)
     elapsed = time.perf_counter() - start, time.process_time() - cpu
     backend.close()
-    return elapsed
+    return (*elapsed, stats)
 
 
 def capture_only(model, rows, layer_ids, device, batch_size: int) -> tuple[float, float]:
-    """Our forward + hooks + device-to-host copy over length-sorted batches, writing nothing:
-    the compute side of `ours`, to tell GPU time from serialisation and disk time."""
+    """Our forward + copy to host over length-sorted batches with one batch in flight, writing
+    nothing: the compute side of `pipelined`, to tell GPU time from serialisation and disk."""
     from speculators.datagen.backends.transformers import TransformersBackend
 
     backend = TransformersBackend(model.model, layer_ids, device)
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    lengths = [len(ids) for ids, _ in rows]
+    batches = length_sorted_batches(lengths, list(range(len(rows))), batch_size)
     start, cpu = time.perf_counter(), time.process_time()
-    for b in range(0, len(order), batch_size):
-        backend.capture([rows[i][0] for i in order[b : b + batch_size]])
+    previous = None
+    for batch in batches:
+        pending = backend.launch([rows[i][0] for i in batch])
+        if previous is not None:
+            previous.wait()
+            previous.release()
+        previous = pending
+    if previous is not None:
+        previous.wait()
+        previous.release()
     _sync(device)
     elapsed = time.perf_counter() - start, time.process_time() - cpu
     backend.close()
     return elapsed
+
+
+def compile_layers(model) -> None:
+    """torch.compile each decoder layer's forward (not the module: its forward hooks stay
+    eager). The layers share code, so they share compiled graphs; dynamic shapes cover the
+    batch and length changes."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    for layer in model.model.layers:
+        layer.forward = torch.compile(layer.forward, dynamic=True)
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def decoder_gflop_per_token(model, rows) -> float:
+    """Forward FLOPs datagen computes per real token: 2 x decoder-layer parameters (no
+    embedding, no final norm, no lm_head) plus causal attention (QK and PV over the tokens
+    before each token, per layer)."""
+    cfg = model.config
+    params = sum(p.numel() for p in model.model.layers.parameters())
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    width = cfg.num_attention_heads * head_dim
+    tokens = sum(len(ids) for ids, _ in rows)
+    mean_context = sum(len(ids) * (len(ids) + 1) / 2 for ids, _ in rows) / tokens
+    attn = 2 * 2 * cfg.num_hidden_layers * width * mean_context
+    return (2 * params + attn) / 1e9
+
+
+def padding_overhead(rows, batch_size: int) -> float:
+    """Padded tokens per real token of the length-sorted batches (0.05 = 5% wasted)."""
+    lengths = [len(ids) for ids, _ in rows]
+    batches = length_sorted_batches(lengths, list(range(len(rows))), batch_size)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return padded / sum(lengths) - 1
+
+
+def _waits(stats: GenerationStats) -> str:
+    """Where the loop's wall time went (shares of stats.seconds)."""
+    total = stats.seconds or 1.0
+    return (
+        f"loop time: {stats.launch_seconds / total:.0%} in launch/capture, "
+        f"{stats.writer_wait_seconds / total:.0%} blocked on a full writer, "
+        f"{stats.drain_seconds / total:.0%} draining the last writes"
+    )
 
 
 def main() -> None:
@@ -160,10 +227,21 @@ def main() -> None:
         help="random-weight runs: lengths uniform in [L/4, L] or lognormal(6.0, 0.8) capped at L",
     )
     p.add_argument("--peak-tflops", type=float, default=780.0, help="for MFU (H200 bf16: ~780)")
-    p.add_argument("--out-dir", type=Path, help="where samples are written (default: a temp dir)")
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        nargs="+",
+        default=[None],
+        help="where samples are written, one set of write runs per dir (default: a temp dir)",
+    )
+    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    p.add_argument("--writer-threads", type=int, default=None, help="default: datagen's choice")
+    p.add_argument("--max-batches", type=int, default=3, help="writer: pending batches at most")
+    p.add_argument("--compile", action="store_true", help="also run with compiled layers")
     args = p.parse_args()
 
     from speculators.artifacts.layer_ids import default_layer_ids
+    from speculators.datagen.writer import default_num_threads
 
     device = torch.device(args.device)
     dtype = (
@@ -175,47 +253,60 @@ def main() -> None:
     layer_ids = default_layer_ids(model.config.num_hidden_layers)
     rows = samples(args, path, model.config.vocab_size)
     tokens = sum(len(ids) for ids, _ in rows)
+    gflop = decoder_gflop_per_token(model, rows)
+    threads = args.writer_threads or default_num_threads()
     print(
         f"{len(rows)} samples, {tokens:,} tokens, layers {layer_ids}, {device} {dtype}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads, {threads} writer threads, batch {args.batch_size}; "
+        f"padding {padding_overhead(rows, args.batch_size):.1%} of real tokens; "
+        f"forward {gflop:.2f} GFLOP/token (decoder layers only)",
+        flush=True,
     )
-    with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
-        ours(model, rows[:2], layer_ids, device, args.batch_size, Path(tmp) / "warmup")
+
+    def report(label: str, wall: float, cpu: float, extra: str = "") -> None:
+        line = f"{label}: {tokens / wall:,.0f} tokens/s ({wall:.1f} s, {cpu:.0f} CPU-s)"
+        if device.type == "cuda":
+            line += f", {tokens / wall * gflop / (args.peak_tflops * 1e3):.1%} MFU"
+        print(line + (f"; {extra}" if extra else ""), flush=True)
+
+    def run_paths(tag: str, paths: list[str]) -> None:
+        for name in paths:
+            if name in ("baseline", "capture"):
+                best = (float("inf"), 0.0)
+                for _ in range(args.repeat):
+                    if name == "baseline":
+                        timing = baseline(model, rows, layer_ids, device)
+                    else:
+                        timing = capture_only(model, rows, layer_ids, device, args.batch_size)
+                    best = min(best, timing)
+                report(f"{name}{tag} (no writes)", *best)
+                continue
+            for out_dir in args.out_dir:
+                best_run = None
+                for _ in range(args.repeat):
+                    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+                        run = ours(
+                            model, rows, layer_ids, device, args, Path(tmp), name == "pipelined"
+                        )
+                    best_run = run if best_run is None or run[0] < best_run[0] else best_run
+                wall, cpu, stats = best_run
+                where = out_dir or tempfile.gettempdir()
+                written = f"{stats.bytes_written / 2**30:.2f} GiB to {where}"
+                report(f"{name}{tag}", wall, cpu, f"{written}; {_waits(stats)}")
+
+    with tempfile.TemporaryDirectory(dir=args.out_dir[0]) as tmp:  # warm-up: kernels, pools
+        ours(model, rows[:4], layer_ids, device, args, Path(tmp), True)
         baseline(model, rows[:2], layer_ids, device)
-        # Alternate and keep the best of each: shared machines are noisy. Process CPU time is
-        # reported too: on a machine shared with other jobs it moves less than wall time.
-        best = {k: (float("inf"),) * 2 for k in ("baseline", "capture", "ours")}
-        for r in range(args.repeat):
-            best["baseline"] = min(best["baseline"], baseline(model, rows, layer_ids, device))
-            timing = capture_only(model, rows, layer_ids, device, args.batch_size)
-            best["capture"] = min(best["capture"], timing)
-            out = Path(tmp) / f"out{r}"
-            timing = ours(model, rows, layer_ids, device, args.batch_size, out)
-            best["ours"] = min(best["ours"], timing)
-        written = sum(f.stat().st_size for f in out.glob("*.pt"))
-    labels = {
-        "baseline": "baseline (per-sample output_hidden_states, no writes)",
-        "capture": f"ours, forward + copy to host only (batch {args.batch_size}, no writes)",
-        "ours": f"ours (batch {args.batch_size}, no logits, {written / 2**20:.0f} MiB written)",
-    }
-    for name, (wall, cpu) in best.items():
-        print(
-            f"{labels[name]}: {tokens / wall:,.0f} tokens/s wall ({wall:.1f} s), "
-            f"{tokens / cpu:,.0f} tokens per CPU-second"
-        )
-    # Forward FLOPs per token: 2 x non-embedding parameters plus causal attention (QK and PV).
-    cfg = model.config
-    params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
-    attn = 2 * 2 * cfg.num_hidden_layers * cfg.hidden_size
-    attn *= sum(len(ids) ** 2 / 2 for ids, _ in rows) / tokens
-    gflop = (2 * params + attn) / 1e9
-    print(f"forward: {gflop:.1f} GFLOP/token", end="")
-    if device.type == "cuda":
-        mfu = tokens / best["ours"][0] * gflop / (args.peak_tflops * 1e3)
-        print(f", ours at {mfu:.1%} MFU of {args.peak_tflops:.0f} TFLOP/s", end="")
-    print()
-    (wb, cb), (wo, co) = best["baseline"], best["ours"]
-    print(f"speedup: {wb / wo:.2f}x wall, {cb / co:.2f}x CPU time")
+    run_paths("", args.paths)
+    if args.compile:
+        compile_layers(model)
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(dir=args.out_dir[0]) as tmp:
+            warm = sorted(rows, key=lambda r: -len(r[0]))  # long and short batches, padded or not
+            warm = warm[: args.batch_size] + warm[-args.batch_size :]
+            ours(model, warm, layer_ids, device, args, Path(tmp), True)
+        print(f"compile + warm-up: {time.perf_counter() - start:.0f} s", flush=True)
+        run_paths(" [compiled layers]", [p for p in args.paths if p in ("capture", "pipelined")])
 
 
 if __name__ == "__main__":
