@@ -118,13 +118,11 @@ def baseline(model, rows, layer_ids, device) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def ours(model, rows, layer_ids, device, args, out_dir: Path, pipelined: bool):
+def ours(backend, rows, device, args, out_dir: Path, pipelined: bool):
     """`speculators datagen`'s generation loop on the same model. Returns (wall, CPU, stats)."""
-    from speculators.datagen.backends.transformers import TransformersBackend
     from speculators.datagen.generate import generate_samples
     from speculators.datagen.writer import SampleWriter
 
-    backend = TransformersBackend(model.model, layer_ids, device)
     writer = SampleWriter(args.max_batches, args.writer_threads)
     start, cpu = time.perf_counter(), time.process_time()
     todo = list(range(len(rows)))
@@ -132,17 +130,12 @@ def ours(model, rows, layer_ids, device, args, out_dir: Path, pipelined: bool):
         backend, Rows(rows), todo, out_dir, args.batch_size, pipelined=pipelined, writer=writer
     )
     _sync(device)
-    elapsed = time.perf_counter() - start, time.process_time() - cpu
-    backend.close()
-    return (*elapsed, stats)
+    return time.perf_counter() - start, time.process_time() - cpu, stats
 
 
-def capture_only(model, rows, layer_ids, device, batch_size: int) -> tuple[float, float]:
+def capture_only(backend, rows, device, batch_size: int) -> tuple[float, float]:
     """Our forward + copy to host over length-sorted batches with one batch in flight, writing
     nothing: the compute side of `pipelined`, to tell GPU time from serialisation and disk."""
-    from speculators.datagen.backends.transformers import TransformersBackend
-
-    backend = TransformersBackend(model.model, layer_ids, device)
     lengths = [len(ids) for ids, _ in rows]
     batches = length_sorted_batches(lengths, list(range(len(rows))), batch_size)
     start, cpu = time.perf_counter(), time.process_time()
@@ -157,9 +150,7 @@ def capture_only(model, rows, layer_ids, device, batch_size: int) -> tuple[float
         previous.wait()
         previous.release()
     _sync(device)
-    elapsed = time.perf_counter() - start, time.process_time() - cpu
-    backend.close()
-    return elapsed
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def compile_layers(model) -> None:
@@ -241,6 +232,7 @@ def main() -> None:
     args = p.parse_args()
 
     from speculators.artifacts.layer_ids import default_layer_ids
+    from speculators.datagen.backends.transformers import TransformersBackend
     from speculators.datagen.writer import default_num_threads
 
     device = torch.device(args.device)
@@ -277,7 +269,7 @@ def main() -> None:
                     if name == "baseline":
                         timing = baseline(model, rows, layer_ids, device)
                     else:
-                        timing = capture_only(model, rows, layer_ids, device, args.batch_size)
+                        timing = capture_only(backend, rows, device, args.batch_size)
                     best = min(best, timing)
                 report(f"{name}{tag} (no writes)", *best)
                 continue
@@ -285,26 +277,28 @@ def main() -> None:
                 best_run = None
                 for _ in range(args.repeat):
                     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-                        run = ours(
-                            model, rows, layer_ids, device, args, Path(tmp), name == "pipelined"
-                        )
+                        run = ours(backend, rows, device, args, Path(tmp), name == "pipelined")
                     best_run = run if best_run is None or run[0] < best_run[0] else best_run
                 wall, cpu, stats = best_run
                 where = out_dir or tempfile.gettempdir()
                 written = f"{stats.bytes_written / 2**30:.2f} GiB to {where}"
                 report(f"{name}{tag}", wall, cpu, f"{written}; {_waits(stats)}")
 
-    with tempfile.TemporaryDirectory(dir=args.out_dir[0]) as tmp:  # warm-up: kernels, pools
-        ours(model, rows[:4], layer_ids, device, args, Path(tmp), True)
+    # One backend for every run, as in one long datagen run: its pinned buffers are allocated
+    # once, by this warm-up over the longest batches (as many as the loop keeps alive at once).
+    backend = TransformersBackend(model.model, layer_ids, device)
+    longest = sorted(rows, key=lambda r: -len(r[0]))
+    warm = longest[: (args.max_batches + 2) * args.batch_size]
+    with tempfile.TemporaryDirectory(dir=args.out_dir[0]) as tmp:
+        ours(backend, warm, device, args, Path(tmp), True)
         baseline(model, rows[:2], layer_ids, device)
     run_paths("", args.paths)
     if args.compile:
         compile_layers(model)
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=args.out_dir[0]) as tmp:
-            warm = sorted(rows, key=lambda r: -len(r[0]))  # long and short batches, padded or not
-            warm = warm[: args.batch_size] + warm[-args.batch_size :]
-            ours(model, warm, layer_ids, device, args, Path(tmp), True)
+            warm = longest[: args.batch_size] + longest[-args.batch_size :]  # long and short
+            ours(backend, warm, device, args, Path(tmp), True)
         print(f"compile + warm-up: {time.perf_counter() - start:.0f} s", flush=True)
         run_paths(" [compiled layers]", [p for p in args.paths if p in ("capture", "pipelined")])
 
