@@ -50,7 +50,10 @@ def flex_ttt_block_mask(doc_ids_BT: torch.Tensor, step: int) -> Any:
         base = (block == 0) & (doc_ids_BT[bi, q] == doc_ids_BT[bi, j]) & (j <= q)
         return base | ((block > 0) & (j == q))
 
-    return create_block_mask(mask_mod, b, None, t, t * (step + 1), device=doc_ids_BT.device)
+    # On GPUs compiled: evaluated block by block, not materialised densely at T x (s+1)T.
+    return create_block_mask(
+        mask_mod, b, None, t, t * (step + 1), device=doc_ids_BT.device, _compile=doc_ids_BT.is_cuda
+    )
 
 
 class TTTAttention:

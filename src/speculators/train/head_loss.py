@@ -1,11 +1,12 @@
 """The draft's lm_head fused with its KL loss: logits exist for one chunk of positions at a time.
 
 Per chunk: logits = x W^T (bf16 under autocast), the draft's log-probs, KL(verifier || draft)
-and the argmax; and, when a gradient is wanted, d loss / d logits = w (q sum(p) - p), from which
-the gradients of x and W are formed on the spot. The backward only scales them by the incoming
-gradient. Per TTT step this keeps a few [chunk, Vd] fp32 buffers instead of [N, Vd] logits,
-log-probs and softmax saved for the backward, and it runs the element-wise work as one fused
-kernel on GPUs. `loss.kl_and_correct` is the unfused reference the tests compare with.
+and the argmax; and, when a gradient is wanted, d loss / d logits = w (q sum(p) - p) in bf16.
+The gradients of x and W are then formed at once (two products over all positions) and the
+backward only scales them by the incoming gradient. Per TTT step this keeps a few [chunk, Vd]
+fp32 temporaries and one [N, Vd] bf16 gradient for a moment, instead of [N, Vd] fp32 logits,
+log-probs and softmax saved until the backward; compiled, the element-wise work of a chunk is
+one fused kernel. `loss.kl_and_correct` is the unfused reference the tests compare with.
 """
 
 from __future__ import annotations
@@ -20,15 +21,19 @@ _CHUNK_BYTES = 2**28
 
 
 def _chunk_stats(
-    logits_CV: torch.Tensor, target_logp_CV: torch.Tensor, weight_C: torch.Tensor
+    logits_CV: torch.Tensor,
+    target_logp_CV: torch.Tensor,
+    weight_C: torch.Tensor,
+    grad_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(KL per row, draft argmax per row, weighted d KL / d logits) of one chunk, in fp32."""
+    """(KL per row, draft argmax per row, weighted d KL / d logits in `grad_dtype`) of one
+    chunk; the arithmetic in fp32."""
     logits = logits_CV.float()
     logq = torch.log_softmax(logits, dim=-1)
     p = target_logp_CV.exp()
     kl = torch.where(p > 0, p * (target_logp_CV - logq), 0.0).sum(-1)
     grad = (logq.exp() * p.sum(-1, keepdim=True) - p) * weight_C[:, None]
-    return kl, logits.argmax(-1), grad
+    return kl, logits.argmax(-1), grad.to(grad_dtype)
 
 
 @lru_cache(maxsize=1)
@@ -58,26 +63,23 @@ class _LinearKL(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, v = target_logp_NV.shape
         dtype = _compute_dtype(x_NH)
-        w = weight_VH.to(dtype)
+        w, x_all = weight_VH.to(dtype), x_NH.to(dtype)
         stats = _compiled_chunk_stats() if compiled else _chunk_stats
         chunk = max(1, _CHUNK_BYTES // (4 * v))
-        loss = torch.zeros((), dtype=torch.float32, device=x_NH.device)
         kl_N = torch.empty(n, dtype=torch.float32, device=x_NH.device)
         argmax_N = torch.empty(n, dtype=torch.long, device=x_NH.device)
-        grad_x = torch.empty(x_NH.shape, dtype=dtype, device=x_NH.device) if want_grad else None
-        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if want_grad else None
+        grad_NV = torch.empty((n, v), dtype=dtype, device=x_NH.device) if want_grad else None
         for a in range(0, n, chunk):
             b = min(n, a + chunk)
-            x = x_NH[a:b].to(dtype)
-            kl, argmax, grad = stats(x @ w.T, target_logp_NV[a:b], weight_N[a:b])
+            kl, argmax, grad = stats(x_all[a:b] @ w.T, target_logp_NV[a:b], weight_N[a:b], dtype)
             kl_N[a:b], argmax_N[a:b] = kl, argmax
-            loss += (kl * weight_N[a:b]).sum()
-            if grad_x is not None and grad_w is not None:
-                g = grad.to(dtype)
-                grad_x[a:b] = g @ w
-                grad_w += g.T @ x
+            if grad_NV is not None:
+                grad_NV[a:b] = grad
+        loss = (kl_N * weight_N).sum()
+        # The gradients as two full-size products (as autograd would form them from logits),
+        # while only their bf16 d loss / d logits is held, for the moment it takes.
+        ctx.grads = (grad_NV @ w, grad_NV.T @ x_all) if grad_NV is not None else (None, None)
         correct_N = (argmax_N + d2t_V[argmax_N]) == target_argmax_N
-        ctx.grads = (grad_x, grad_w)
         ctx.dtypes = (x_NH.dtype, weight_VH.dtype)
         ctx.mark_non_differentiable(kl_N, correct_N)
         return loss, kl_N, correct_N

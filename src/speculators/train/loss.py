@@ -9,6 +9,8 @@ document, or is not an assistant token (loss mask 0), are not scored.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,23 +30,42 @@ def verifier_targets(
     draft_target_ids: torch.Tensor,
     chunk: int = 2048,
     pad: int = 0,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probs over the draft vocab [N + pad, Vd] fp32, argmax over the FULL vocab [N + pad]).
 
     Chunked over positions so that full-vocab logits never exist for all N at once. `pad` extra
     rows (uniform log-probs, argmax -1) let callers take shifted views [s : s + N] without a copy.
+    `compiled`: fuse the norm, the gather and the log-softmax of a chunk (torch.compile).
     """
     n, vd = last_hidden_NH.shape[0], draft_target_ids.numel()
     device = last_hidden_NH.device
     logp = torch.full((n + pad, vd), -math.log(vd), dtype=torch.float32, device=device)
     argmax = torch.full((n + pad,), -1, dtype=torch.long, device=device)
+    targets_of = _compiled_target_chunk() if compiled else _target_chunk
     for start in range(0, n, chunk):
         end = min(n, start + chunk)
-        h = rms_norm(last_hidden_NH[start:end], norm_H, eps).to(lm_head_VH.dtype)
-        logits_NV = h @ lm_head_VH.T
-        argmax[start:end] = logits_NV.argmax(-1)
-        logp[start:end] = F.log_softmax(logits_NV[:, draft_target_ids].float(), dim=-1)
+        logp[start:end], argmax[start:end] = targets_of(
+            last_hidden_NH[start:end], norm_H, lm_head_VH, eps, draft_target_ids
+        )
     return logp, argmax
+
+
+def _target_chunk(
+    hidden_CH: torch.Tensor,
+    norm_H: torch.Tensor,
+    lm_head_VH: torch.Tensor,
+    eps: float,
+    draft_target_ids: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logits_CV = rms_norm(hidden_CH, norm_H, eps).to(lm_head_VH.dtype) @ lm_head_VH.T
+    logp = F.log_softmax(logits_CV[:, draft_target_ids].float(), dim=-1)
+    return logp, logits_CV.argmax(-1)
+
+
+@lru_cache(maxsize=1)
+def _compiled_target_chunk() -> Any:
+    return torch.compile(_target_chunk)
 
 
 def shift(x_BT: torch.Tensor, n: int) -> torch.Tensor:

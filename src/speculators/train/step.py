@@ -23,7 +23,7 @@ class VerifierTargets:
     draft_target_ids: torch.Tensor  # target id of each draft id, ascending
 
     def __call__(
-        self, last_hidden_BTH: torch.Tensor, pad: int = 0
+        self, last_hidden_BTH: torch.Tensor, pad: int = 0, compiled: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-probs over the draft vocab [B*T + pad, Vd], full-vocab argmax [B*T + pad]),
         positions flattened row after row; `pad` rows at the end are placeholders."""
@@ -34,6 +34,7 @@ class VerifierTargets:
             self.eps,
             self.draft_target_ids,
             pad=pad,
+            compiled=compiled,
         )
 
 
@@ -57,7 +58,7 @@ def ttt_forward(
     ids, doc, pos = batch["input_ids"], batch["doc_ids"], batch["position_ids"]
     loss_mask = batch["loss_mask"].bool()
     n = ids.numel()
-    target_logp, target_argmax = targets(batch["last_hidden_state"], pad=ttt_steps + 1)
+    target_logp, target_argmax = targets(batch["last_hidden_state"], ttt_steps + 1, compiled)
     hidden = model.fuse(batch["aux_hidden_states"].to(model.fc.weight.dtype))
     kv = TTTAttention(doc, impl)
     metrics = TTTMetrics(ttt_steps, num_tokens=(doc >= 0).sum())

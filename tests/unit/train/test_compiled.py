@@ -76,14 +76,26 @@ def test_compiled_pieces_trace_whole_and_match_eager(num_layers):
             torch.testing.assert_close(result[2][k], want[2][k], rtol=1e-5, atol=1e-6)
 
 
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_inductor_compiled_step_matches_eager_on_gpu():
+def test_inductor_compiled_step_is_as_close_to_fp32_as_eager_bf16():
+    """bf16 rounds differently when fused, so the yardstick is fp32: the compiled bf16 step
+    (layers, loss, targets) may be no further from it than the eager bf16 step is."""
     model, targets, batch = build("cuda", 1)
+    reference = loss_and_grads(model, targets, batch, compiled=False, impl="flex")
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        want = loss_and_grads(model, targets, batch, compiled=False, impl="flex")
+        eager = loss_and_grads(model, targets, batch, compiled=False, impl="flex")
         compile_layers(model)
-        got = loss_and_grads(model, targets, batch, compiled=True, impl="flex")
-    torch.testing.assert_close(got[0], want[0], rtol=2e-2, atol=2e-2)
-    for k in want[2]:
-        torch.testing.assert_close(got[2][k], want[2][k], rtol=5e-2, atol=5e-2)
+        compiled = loss_and_grads(model, targets, batch, compiled=True, impl="flex")
+    for name in ["loss", *reference[2]]:
+        pick = (lambda r: r[0]) if name == "loss" else (lambda r, n=name: r[2][n])
+        e_eager, e_compiled = (
+            rel_err(pick(eager), pick(reference)),
+            rel_err(pick(compiled), pick(reference)),
+        )
+        assert e_compiled <= 2 * e_eager + 1e-3, (name, e_eager, e_compiled)
+    assert compiled[1]["scored"] == reference[1]["scored"]
