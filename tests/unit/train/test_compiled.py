@@ -18,7 +18,7 @@ VERIFIER = LlamaConfig(
 
 def build(device: str, num_layers: int) -> tuple[Eagle3Draft, VerifierTargets, dict]:
     torch.manual_seed(0)
-    vd, h, t = 100, VERIFIER.hidden_size, 96
+    vd, h, t = 100, VERIFIER.hidden_size, 128
     model = Eagle3Draft(draft_layer_config(VERIFIER, num_layers), vd, 3, h)
     target_ids = torch.randperm(VERIFIER.vocab_size)[:vd].sort().values
     model.d2t.copy_(target_ids - torch.arange(vd))
@@ -31,8 +31,8 @@ def build(device: str, num_layers: int) -> tuple[Eagle3Draft, VerifierTargets, d
         1e-5,
         target_ids.to(device),
     )
-    doc = torch.tensor([[0] * 40 + [1] * 50 + [-1] * 6])
-    pos = torch.cat([torch.arange(40), torch.arange(50), torch.zeros(6, dtype=torch.long)])
+    doc = torch.tensor([[0] * 40 + [1] * 50 + [-1] * 38])
+    pos = torch.cat([torch.arange(40), torch.arange(50), torch.zeros(38, dtype=torch.long)])
     batch = {
         "input_ids": torch.randint(0, VERIFIER.vocab_size, (1, t)),
         "loss_mask": (torch.rand(1, t) > 0.2).long(),
@@ -83,10 +83,11 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_inductor_compiled_step_is_as_close_to_fp32_as_eager_bf16():
-    """bf16 rounds differently when fused, so the yardstick is fp32: the compiled bf16 step
-    (layers, loss, targets) may be no further from it than the eager bf16 step is."""
+    """bf16 rounds differently when fused, so the yardstick is the fp32 dense-mask step: the
+    compiled bf16 step (layers, loss, targets) may be no further from it than the eager bf16
+    step is (a wrong gradient would be off by tens of percent)."""
     model, targets, batch = build("cuda", 1)
-    reference = loss_and_grads(model, targets, batch, compiled=False, impl="flex")
+    reference = loss_and_grads(model, targets, batch, compiled=False, impl="dense")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         eager = loss_and_grads(model, targets, batch, compiled=False, impl="flex")
         compile_layers(model)
@@ -97,5 +98,5 @@ def test_inductor_compiled_step_is_as_close_to_fp32_as_eager_bf16():
             rel_err(pick(eager), pick(reference)),
             rel_err(pick(compiled), pick(reference)),
         )
-        assert e_compiled <= 2 * e_eager + 1e-3, (name, e_eager, e_compiled)
+        assert e_compiled <= max(2 * e_eager, 2e-2), (name, e_eager, e_compiled)
     assert compiled[1]["scored"] == reference[1]["scored"]
