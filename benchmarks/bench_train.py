@@ -20,7 +20,7 @@ from shapes import SHAPES  # benchmarks/ is on sys.path when a script runs
 from transformers import AutoConfig, LlamaConfig
 
 from speculators.models.eagle3 import Eagle3Draft, draft_layer_config
-from speculators.train.run import place_model
+from speculators.train.build import place_model
 from speculators.train.step import VerifierTargets
 from speculators.train.trainer import Trainer, TrainerOptions
 

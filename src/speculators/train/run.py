@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from speculators import __version__
 from speculators.artifacts.checkpoint import find_latest_complete_checkpoint, speculators_config
 from speculators.artifacts.data_config import find_data_config
 from speculators.artifacts.layer_ids import default_layer_ids, to_vllm_aux_layer_ids
-from speculators.artifacts.vocab_mapping import draft_to_target_ids, load_vocab_mapping
+from speculators.artifacts.vocab_mapping import load_vocab_mapping
 from speculators.config.train import TrainConfig
 from speculators.errors import UserInputError
-from speculators.models.eagle3 import Eagle3Draft, draft_layer_config, layer_config_dict
-from speculators.models.verifier import load_verifier_config, read_verifier_head
+from speculators.models.eagle3 import Eagle3Draft, layer_config_dict
+from speculators.models.verifier import load_verifier_config
+from speculators.train.build import VERIFIER_FLAG, build_model, place_model, targets_to
 from speculators.train.data import (
     DataIndex,
     PackedRows,
@@ -37,10 +37,7 @@ from speculators.train.data import (
 )
 from speculators.train.loggers import MetricLoggers
 from speculators.train.parallel import Parallel, SingleProcess
-from speculators.train.step import VerifierTargets
 from speculators.train.trainer import Trainer, TrainerOptions
-
-VERIFIER_FLAG = "--verifier-name-or-path"
 
 
 @dataclass
@@ -86,39 +83,6 @@ def check_layers(config: TrainConfig, verifier: Any, index: DataIndex) -> list[i
             "data_config.json disagree; regenerate the data with `speculators datagen`."
         )
     return list(ids)
-
-
-def build_model(
-    config: TrainConfig, verifier: Any, d2t: np.ndarray, t2d: np.ndarray, num_aux: int
-) -> tuple[Eagle3Draft, VerifierTargets]:
-    head = read_verifier_head(config.verifier_name_or_path, verifier.rms_norm_eps, VERIFIER_FLAG)
-    torch.manual_seed(config.seed)
-    layer_config = draft_layer_config(verifier, config.num_layers)
-    model = Eagle3Draft(layer_config, int(d2t.shape[0]), num_aux, verifier.hidden_size)
-    t2d_t = torch.from_numpy(t2d)
-    model.init_from_verifier(head.embed_tokens_VH, head.lm_head_VH, torch.from_numpy(d2t), t2d_t)
-    target_ids = torch.from_numpy(draft_to_target_ids(d2t))
-    targets = VerifierTargets(head.norm_H, head.lm_head_VH, head.rms_norm_eps, target_ids)
-    return model, targets
-
-
-def place_model(model: Eagle3Draft, device: torch.device) -> Eagle3Draft:
-    """Move the draft to `device`. On GPUs the frozen verifier embeddings are kept in bf16,
-    the dtype they are used in under autocast (the same numbers, half the memory)."""
-    model = model.to(device)
-    if device.type == "cuda":
-        model.embed_tokens.to(torch.bfloat16)
-    return model
-
-
-def _targets_to(targets: VerifierTargets, device: torch.device) -> VerifierTargets:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return VerifierTargets(
-        targets.norm_H.to(device),
-        targets.lm_head_VH.to(device, dtype),
-        targets.eps,
-        targets.draft_target_ids.to(device),
-    )
 
 
 def trainer_options(
@@ -257,7 +221,7 @@ def prepare(
     model = place_model(model, device)
     trainer = Trainer(
         wrap(model) if wrap else model,
-        _targets_to(targets, device),
+        targets_to(targets, device),
         trainer_options(config, device, sum(rows_per_epoch), head_dim, wrap is None),
         device,
         config.save_path,

@@ -15,8 +15,8 @@ from speculators.artifacts.vocab_mapping import load_vocab_mapping
 from speculators.config import TrainConfig
 from speculators.models.eagle3 import DecodeCache
 from speculators.models.verifier import load_verifier_config
+from speculators.train.build import build_model
 from speculators.train.data import PackedRows, collate, index_data
-from speculators.train.run import build_model
 from speculators.train.step import ttt_forward
 
 
