@@ -166,26 +166,6 @@ class TTTMetrics:
         self._flush()
         return self._tokens
 
-    @property
-    def loss_sum(self) -> list[float]:
-        return self.totals()["loss_sum"]
-
-    @property
-    def scored(self) -> list[float]:
-        return self.totals()["scored"]
-
-    @property
-    def correct(self) -> list[float]:
-        return self.totals()["correct"]
-
-    @property
-    def chain_num(self) -> list[float]:
-        return self.totals()["chain_num"]
-
-    @property
-    def chain_den(self) -> list[float]:
-        return self.totals()["chain_den"]
-
     def merge(self, other: TTTMetrics) -> None:
         if other.num_steps != self.num_steps:
             raise ValueError(f"merging metrics of {other.num_steps} and {self.num_steps} steps")

@@ -49,3 +49,17 @@ def test_acceptance_chain_and_expected_length_by_hand():
     # step 1 given step 0 right: rows 0, 1, 3 -> rows 0, 3 right
     assert s["cond_acc_0"] == 0.75 and abs(s["cond_acc_1"] - 2 / 3) < 1e-12
     assert abs(s["accept_len"] - (1 + 0.75 + 0.75 * 2 / 3)) < 1e-12
+
+
+def test_metrics_held_on_the_device_add_up_when_merged_and_read():
+    a, b = TTTMetrics(1, num_tokens=torch.tensor(5)), TTTMetrics(1, num_tokens=3)
+    yes, no = torch.tensor([True, True]), torch.tensor([True, False])
+    a.add_step(0, torch.tensor([1.0, 2.0]), yes, yes, yes)
+    b.add_step(0, torch.tensor([4.0, 8.0]), no, yes, yes)
+    total = TTTMetrics(1)
+    total.merge(a)
+    total.merge(b)
+    t = total.totals()
+    assert t["loss_sum"] == [15.0] and t["scored"] == [4.0] and t["correct"] == [3.0]
+    assert total.num_tokens == 8
+    assert a.totals()["loss_sum"] == [3.0] and a.num_tokens == 5  # merging does not move them
