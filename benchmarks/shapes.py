@@ -16,4 +16,13 @@ SHAPES = {
                          rope_scaling={"rope_type": "llama3", "factor": 8.0,
                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                        "original_max_position_embeddings": 8192}),
+    # Issue 8's memory check: the draft of a 70B verifier (hidden 8192) trains on one GPU
+    # (`bench_train.py --config llama-3.1-70b`); its datagen needs more than one H200.
+    "llama-3.1-70b": dict(hidden_size=8192, intermediate_size=28672, num_attention_heads=64,
+                          num_key_value_heads=8, vocab_size=128256, num_hidden_layers=80,
+                          max_position_embeddings=131072, rms_norm_eps=1e-5,
+                          rope_theta=500000.0, head_dim=128,
+                          rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                        "original_max_position_embeddings": 8192}),
 }  # fmt: skip
