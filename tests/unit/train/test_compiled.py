@@ -100,3 +100,15 @@ def test_inductor_compiled_step_is_as_close_to_fp32_as_eager_bf16():
         )
         assert e_compiled <= max(2 * e_eager, 2e-2), (name, e_eager, e_compiled)
     assert compiled[1]["scored"] == reference[1]["scored"]
+
+
+@pytest.mark.parametrize(
+    ("device", "no_compile", "expected"),
+    [("cuda", False, True), ("cuda", True, False), ("cpu", False, False)],
+)
+def test_compiling_is_the_gpu_default_and_no_compile_turns_it_off(device, no_compile, expected):
+    from speculators.config import TrainConfig
+    from speculators.train.run import trainer_options
+
+    config = TrainConfig(verifier_name_or_path="v", no_compile=no_compile)
+    assert trainer_options(config, torch.device(device), 10, 64).compile is expected
