@@ -126,7 +126,6 @@ def parallelize(model: Eagle3Draft, device: torch.device) -> Eagle3Draft:
     fully_shard(model, mp_policy=mp, reshard_after_forward=False, ignored_params=frozen)
     # TTT calls these besides forward; they must gather the root's parameters too.
     register_fsdp_forward_method(model, "fuse")
-    register_fsdp_forward_method(model, "logits")
     register_fsdp_forward_method(model, "head")
     return model
 

@@ -6,7 +6,7 @@ The gradients of x and W are then formed at once (two products over all position
 backward only scales them by the incoming gradient. Per TTT step this keeps a few [chunk, Vd]
 fp32 temporaries and one [N, Vd] bf16 gradient for a moment, instead of [N, Vd] fp32 logits,
 log-probs and softmax saved until the backward; compiled, the element-wise work of a chunk is
-one fused kernel. `loss.kl_and_correct` is the unfused reference the tests compare with.
+one fused kernel. tests/unit/train/test_head_loss.py compares it with plain autograd.
 """
 
 from __future__ import annotations

@@ -80,22 +80,6 @@ def in_doc(doc_ids_BT: torch.Tensor, n: int) -> torch.Tensor:
     return inside & (shift(doc_ids_BT, n) == doc_ids_BT) & (doc_ids_BT >= 0)
 
 
-def kl_and_correct(
-    draft_logits_NVd: torch.Tensor,
-    target_logp_NVd: torch.Tensor,
-    target_argmax_N: torch.Tensor,
-    d2t: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position forward KL(verifier || draft) over the draft vocab, and whether the draft's
-    argmax (as a verifier id) equals the verifier's argmax over its full vocab. The reference
-    that `train.head_loss` fuses with the lm_head (and the tests compare against)."""
-    logq = F.log_softmax(draft_logits_NVd.float(), dim=-1)
-    kl_N = (target_logp_NVd.exp() * (target_logp_NVd - logq)).sum(-1)
-    draft_argmax = draft_logits_NVd.argmax(-1)
-    correct_N = (draft_argmax + d2t[draft_argmax]) == target_argmax_N
-    return kl_N, correct_N
-
-
 _SUMS = ("loss_sum", "scored", "correct", "chain_num", "chain_den")
 
 

@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from speculators.train.loss import TTTMetrics, kl_and_correct, verifier_targets
+from speculators.train.head_loss import linear_kl
+from speculators.train.loss import TTTMetrics, verifier_targets
 
 # Draft vocab = target ids [0, 2, 3] of a 5-token verifier vocab.
 TARGET_IDS = torch.tensor([0, 2, 3])
@@ -18,7 +19,10 @@ def test_forward_kl_and_accuracy_by_hand():
     q = torch.tensor([[0.25, 0.25, 0.5], [0.25, 0.25, 0.5]])
     # Verifier's full-vocab argmax: id 3 (= draft id 2, the draft's argmax) then id 1, which the
     # draft vocab lacks, so the second is a miss even though the draft can't do better.
-    kl, correct = kl_and_correct(q.log(), p.log(), torch.tensor([3, 1]), D2T)
+    # Identity lm_head: the draft's logits are exactly log q.
+    _, kl, correct = linear_kl(
+        q.log(), torch.eye(3), p.log(), torch.tensor([3, 1]), torch.ones(2), D2T
+    )
     expected = 0.5 * math.log(0.5 / 0.25) + 0.25 * math.log(1.0) + 0.25 * math.log(0.25 / 0.5)
     assert abs(expected - 0.25 * math.log(2)) < 1e-12
     torch.testing.assert_close(kl, torch.tensor([expected, expected]))
