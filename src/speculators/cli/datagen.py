@@ -60,6 +60,7 @@ def datagen(
     backend: str = option(DatagenConfig, "backend"),
     device: str = option(DatagenConfig, "device"),
     dtype: str = option(DatagenConfig, "dtype"),
+    no_compile: bool = option(DatagenConfig, "no_compile"),
     gpu_memory_utilization: float = option(DatagenConfig, "gpu_memory_utilization"),
     overwrite: bool = option(DatagenConfig, "overwrite"),
 ) -> None:
@@ -80,6 +81,7 @@ def datagen(
         backend=backend,
         device=device,
         dtype=dtype,
+        no_compile=no_compile,
         gpu_memory_utilization=gpu_memory_utilization,
         overwrite=overwrite,
     )

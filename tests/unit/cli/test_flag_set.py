@@ -12,8 +12,8 @@ COMMON = {"--help", "-h"}
 FLAGS = {
     "datagen": {
         "--backend", "--batch-size", "--cache-dir", "--device", "--dtype",
-        "--gpu-memory-utilization", "--layer-ids", "--max-samples", "--output-dir", "--overwrite",
-        "--seed", "--seq-length", "--target-model-path", "--tensor-parallel-size",
+        "--gpu-memory-utilization", "--layer-ids", "--max-samples", "--no-compile", "--output-dir",
+        "--overwrite", "--seed", "--seq-length", "--target-model-path", "--tensor-parallel-size",
         "--token-freq-path", "--train-data-path",
     },
     "vocab": {

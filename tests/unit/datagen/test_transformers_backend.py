@@ -57,3 +57,131 @@ def test_batched_equals_one_by_one(models):
             assert a.shape == (len(ids), backend.hidden_size)
             # Hidden states of this tiny model are ~0.1: tolerances are relative (bf16 rounding).
             torch.testing.assert_close(a.float(), b.float(), atol=1e-6, rtol=1e-2)
+
+
+def test_padded_causal_mask_is_causal_and_hides_padding_keys():
+    from speculators.datagen.backends.transformers import padded_causal_mask
+
+    lengths = [5, 2, 3]
+    mask = padded_causal_mask(torch.tensor(lengths), 5)
+    assert mask.shape == (3, 1, 5, 5) and mask.dtype == torch.bool
+    for b, n in enumerate(lengths):
+        for q in range(5):
+            for k in range(5):
+                assert bool(mask[b, 0, q, k]) == (k <= q and k < n), (b, q, k)
+    assert mask.any(-1).all()  # no query row fully masked (that would give NaNs)
+
+
+def test_padded_batches_match_the_two_d_mask_path(models):
+    """Our prebuilt mask (no host read of the padding) against transformers' own mask."""
+    _, backend = models
+    batch = sequences([9, 31, 4], seed=2)
+    assert backend.prebuilt_mask  # SDPA: the default
+    ours = backend.capture(batch)
+    backend.prebuilt_mask = False
+    try:
+        theirs = backend.capture(batch)
+    finally:
+        backend.prebuilt_mask = True
+    for a_layers, b_layers in zip(ours, theirs):
+        for a, b in zip(a_layers, b_layers):
+            assert torch.equal(a, b)
+
+
+def test_eager_attention_keeps_the_two_d_mask(tiny_llama):
+    """Eager attention adds a float mask: a boolean one would be wrong there, so it is not used."""
+    from transformers import AutoModel
+
+    base = AutoModel.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="eager")
+    backend = TransformersBackend(base.eval(), LAYER_IDS, torch.device("cpu"))
+    assert not backend.prebuilt_mask
+    batch = sequences([12, 5], seed=3)
+    together = backend.capture(batch)
+    for ids, got in zip(batch, together):
+        for a, b in zip(got, backend.capture([ids])[0]):
+            torch.testing.assert_close(a.float(), b.float(), atol=1e-6, rtol=1e-2)
+    backend.close()
+
+
+def test_compiled_layers_match_eager_and_keep_hooks_and_weights(tiny_llama):
+    """torch.compile'd decoder layers (aot_eager here: no C compiler needed) store the same
+    states, batched and one by one, and leave the state dict's names and values alone."""
+    from transformers import AutoModel
+
+    base = AutoModel.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    names = list(base.state_dict())
+    eager = TransformersBackend(base, LAYER_IDS, torch.device("cpu"))
+    batch = sequences([21, 6, 13], seed=4)
+    expected = eager.capture(batch)
+    eager.close()
+    compiled = TransformersBackend(base, LAYER_IDS, torch.device("cpu"), "aot_eager")
+    assert compiled.compiled and all("forward" in layer.__dict__ for layer in base.layers)
+    got = compiled.capture(batch) + compiled.capture([batch[1]])
+    for want, have in zip(expected + [expected[1]], got):
+        for a, b in zip(want, have):
+            torch.testing.assert_close(a.float(), b.float(), atol=1e-6, rtol=1e-2)
+    assert list(base.state_dict()) == names
+    compiled.close()
+
+
+def test_a_failing_compile_names_no_compile(tiny_llama):
+    from transformers import AutoModel
+
+    from speculators.datagen.backends.transformers import uncompile_layers
+    from speculators.errors import UserInputError
+
+    def broken(gm, example_inputs):
+        raise RuntimeError("no C compiler")
+
+    base = AutoModel.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    backend = TransformersBackend(base, LAYER_IDS, torch.device("cpu"), broken)
+    with pytest.raises(UserInputError, match="--no-compile") as info:
+        backend.capture(sequences([7])[0:1])
+    assert "no C compiler" in str(info.value)
+    uncompile_layers(base.layers)
+    assert all("forward" not in layer.__dict__ for layer in base.layers)
+    backend.close()
+
+
+@pytest.mark.parametrize(
+    ("device", "no_compile", "expected"),
+    [("cuda", False, "inductor"), ("cuda", True, None), ("cpu", False, None)],
+)
+def test_compiling_is_the_gpu_default_and_no_compile_turns_it_off(device, no_compile, expected):
+    from speculators.config import DatagenConfig
+    from speculators.datagen.backends.transformers import compile_backend
+
+    config = DatagenConfig(target_model_path="m", train_data_path="sharegpt", no_compile=no_compile)
+    assert compile_backend(config, torch.device(device)) == expected
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_inductor_compiled_layers_are_as_close_to_fp32_as_eager_bf16(tiny_llama):
+    """On a GPU in bf16, fused kernels round differently: the yardstick is the fp32 eager
+    capture, from which the compiled capture may be no further than the eager bf16 one."""
+    from transformers import AutoModel
+
+    cuda = torch.device("cuda")
+    batch = sequences([37, 5, 20], seed=5)
+
+    def run(dtype, backend_name):
+        base = AutoModel.from_pretrained(tiny_llama, dtype=dtype).to(cuda).eval()
+        backend = TransformersBackend(base, LAYER_IDS, cuda, backend_name)
+        out = backend.capture(batch) + backend.capture([batch[0]])
+        backend.close()
+        return out
+
+    reference, eager, compiled = (
+        run(torch.float32, None),
+        run(torch.bfloat16, None),
+        run(torch.bfloat16, "inductor"),
+    )
+    for ref_s, eager_s, comp_s in zip(reference, eager, compiled):
+        for r, e, c in zip(ref_s, eager_s, comp_s):
+            assert c.shape == r.shape
+            assert _rel_err(c, r) <= max(2 * _rel_err(e, r), 2e-2), (_rel_err(c, r), _rel_err(e, r))

@@ -4,6 +4,7 @@ The base model (no lm_head) runs over a right-padded batch; forward hooks on the
 layers keep their outputs, which are exactly our layer ids (SPEC §2: output of decoder layer i,
 before the final norm, also for the last layer). Right padding with an attention mask leaves
 every real token's positions and attention unchanged, so a batch equals its samples one by one.
+On GPUs the decoder layers run torch.compile'd (`--no-compile`: eagerly).
 `launch` returns while the GPU still computes; the real tokens then travel to pinned host memory
 on a side stream (staging.py), so the next batch's forward is queued before this one lands.
 """
@@ -18,6 +19,16 @@ import torch
 from speculators.config import DatagenConfig
 from speculators.datagen.backends.staging import StagedCapture, StagingPool, stage
 from speculators.errors import UserInputError, describe
+
+
+def compile_errors() -> tuple[type[Exception], ...]:
+    """What a failing torch.compile raises (at the first call of the compiled code); imported
+    only when needed, as torch._dynamo takes most of a second to import."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import InductorError
+
+    return (TorchDynamoException, InductorError)
+
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
@@ -37,6 +48,11 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def compile_backend(config: DatagenConfig, device: torch.device) -> str | None:
+    """inductor on GPUs unless --no-compile; eager on CPUs (compiling pays off only on GPUs)."""
+    return "inductor" if device.type == "cuda" and not config.no_compile else None
+
+
 def decoder_layers(model: torch.nn.Module, num_layers: int) -> torch.nn.ModuleList:
     """The decoder layer list of a base model (`.layers` for Llama-like models)."""
     layers = getattr(model, "layers", None)
@@ -51,12 +67,49 @@ def decoder_layers(model: torch.nn.Module, num_layers: int) -> torch.nn.ModuleLi
     )
 
 
+def compile_layers(layers: torch.nn.ModuleList, backend: Any = "inductor") -> None:
+    """torch.compile each decoder layer's forward, with dynamic shapes (batches change size and
+    width). The compiled function is an instance attribute that shadows the class's forward, so
+    calling the module still runs its forward hooks (eagerly, around the compiled code) and the
+    weights are untouched; `uncompile_layers` removes it. The layers share their code and so
+    their compiled graphs, but each layer is a cache entry: the limit is raised to hold them."""
+    limit = max(torch._dynamo.config.cache_size_limit, 2 * len(layers))
+    torch._dynamo.config.cache_size_limit = limit
+    for layer in layers:
+        layer.forward = torch.compile(layer.forward, dynamic=True, backend=backend)
+
+
+def uncompile_layers(layers: torch.nn.ModuleList) -> None:
+    for layer in layers:
+        layer.__dict__.pop("forward", None)
+
+
+def padded_causal_mask(lengths_B: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, 1, width, width] bool, True where query q may attend key k: k <= q and k is a real
+    token of its row. Built on the device from the lengths, so the host never waits for it;
+    transformers builds the same mask from a 2-D padding mask, but first checks on the host
+    whether that mask has any padding, which waits for the GPU before every forward pass.
+    Padding queries (q >= length) still see the real keys, so no row is fully masked."""
+    pos = torch.arange(width, device=lengths_B.device)
+    causal = pos[None, :] <= pos[:, None]  # [q, k]
+    real_key = pos[None, :] < lengths_B[:, None]  # [B, k]
+    return (causal[None] & real_key[:, None, :])[:, None]
+
+
 class TransformersBackend:
     """HiddenStatesBackend on a transformers base model."""
 
     name = "transformers"
 
-    def __init__(self, model: torch.nn.Module, layer_ids: Sequence[int], device: torch.device):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        layer_ids: Sequence[int],
+        device: torch.device,
+        compile_backend: Any = None,
+    ):
+        """`compile_backend`: torch.compile the decoder layers with this backend, a name or a
+        callable (None: eager)."""
         self.model = model
         self.layer_ids = list(layer_ids)
         self.device = device
@@ -67,8 +120,15 @@ class TransformersBackend:
         self._captured: dict[int, torch.Tensor] = {}
         layers = decoder_layers(model, self.num_layers)
         self._hooks = [layers[i].register_forward_hook(self._hook(i)) for i in self.layer_ids]
+        self.compiled = compile_backend is not None
+        if compile_backend is not None:
+            compile_layers(layers, compile_backend)
         self._pool = StagingPool(device)
         self._copy_stream: torch.cuda.Stream | None = None
+        # Our own 4-D mask (see padded_causal_mask); False: transformers builds it from the
+        # 2-D padding mask, reading it on the host first (and the benchmark's ablation).
+        # Only SDPA takes a boolean mask as is (eager attention adds a float mask).
+        self.prebuilt_mask = getattr(config, "_attn_implementation", None) == "sdpa"
 
     @classmethod
     def from_config(cls, config: DatagenConfig, layer_ids: Sequence[int]) -> TransformersBackend:
@@ -91,7 +151,7 @@ class TransformersBackend:
         finally:
             hf_logging.set_verbosity(verbosity)
         model = getattr(model, "language_model", model)  # multimodal wrappers: the text part
-        return cls(model.to(device).eval(), layer_ids, device)
+        return cls(model.to(device).eval(), layer_ids, device, compile_backend(config, device))
 
     def _hook(self, layer_id: int) -> Any:
         def keep(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
@@ -106,15 +166,21 @@ class TransformersBackend:
         lengths = [len(ids) for ids in batch]
         width = max(lengths)
         input_ids = torch.zeros((len(batch), width), dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, ids in enumerate(batch):
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, : len(ids)] = 1
+        if min(lengths) == width:  # no padding: no mask, which keeps the fast causal path
+            return self._to_device(input_ids), None
+        if not self.prebuilt_mask:
+            attention_mask = (torch.arange(width) < torch.tensor(lengths)[:, None]).long()
+            return self._to_device(input_ids), self._to_device(attention_mask)
+        return self._to_device(input_ids), padded_causal_mask(
+            self._to_device(torch.tensor(lengths)), width
+        )
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
-            input_ids, attention_mask = input_ids.pin_memory(), attention_mask.pin_memory()
-        # A batch without padding needs no mask, which keeps the fast causal attention path.
-        mask = None if min(lengths) == width else attention_mask.to(self.device, non_blocking=True)
-        return input_ids.to(self.device, non_blocking=True), mask
+            x = x.pin_memory()
+        return x.to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def launch(self, batch: list[list[int]]) -> StagedCapture:
@@ -122,7 +188,17 @@ class TransformersBackend:
         waiting for either (on CUDA). Only real tokens are copied, sample by sample."""
         input_ids, mask = self._inputs(batch)
         self._captured.clear()
-        self.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+        try:
+            self.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+        except compile_errors() as e:
+            if not self.compiled:
+                raise
+            cause = getattr(e, "inner_exception", None) or e.__cause__ or e  # the compiler's
+            raise UserInputError(
+                f"torch.compile of the verifier's decoder layers failed ({describe(cause)}). Rerun "
+                "the same command with --no-compile (eager, about 1.2x slower); the samples "
+                "already written are kept."
+            ) from None
         lengths = [len(ids) for ids in batch]
         # [sum_i layers * L_i, H], sample-major: one kernel, no padding rows.
         packed = torch.cat(
