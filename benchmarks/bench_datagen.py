@@ -2,12 +2,12 @@
 asynchronous copy to pinned memory, background writes) against a plain per-sample
 `model(..., output_hidden_states=True)` loop, same model, same tokens, one run.
 
-Paths (`--paths`, default all): `baseline` (per-sample HF loop, no writes), `capture` (our
-forward + copy to host, one batch in flight, no writes: the compute ceiling), `sync` (our loop
-with a synchronous capture per batch: the pre-pipelining design, and what the vLLM backend
+Paths (`--paths`, default all): `baseline` (per-sample HF loop, no writes, eager), `capture`
+(our forward + copy to host, one batch in flight, no writes: the compute ceiling), `sync` (our
+loop with a synchronous capture per batch: the pre-pipelining design, and what the vLLM backend
 runs), `pipelined` (our loop as `speculators datagen` runs it). The write paths run once per
-`--out-dir`. `--compile` then reruns capture and pipelined with each decoder layer's forward
-under torch.compile (dynamic shapes): an ablation, not a datagen flag.
+`--out-dir`. Like datagen, the decoder layers run torch.compile'd on GPUs (`--no-compile`:
+eager); `--ablate-compile` then reruns capture and pipelined the other way.
 
     # CPU, real SmolLM2-135M-Instruct over real ShareGPT rows (about 2 minutes):
     python benchmarks/bench_datagen.py --num-samples 24 --seq-length 256
@@ -19,6 +19,7 @@ under torch.compile (dynamic shapes): an ablation, not a datagen flag.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -133,11 +134,13 @@ def ours(backend, rows, device, args, out_dir: Path, pipelined: bool):
     return time.perf_counter() - start, time.process_time() - cpu, stats
 
 
-def capture_only(backend, rows, device, batch_size: int) -> tuple[float, float]:
+def capture_only(backend, rows, device, batch_size: int, batches=None) -> tuple[float, float]:
     """Our forward + copy to host over length-sorted batches with one batch in flight, writing
-    nothing: the compute side of `pipelined`, to tell GPU time from serialisation and disk."""
-    lengths = [len(ids) for ids, _ in rows]
-    batches = length_sorted_batches(lengths, list(range(len(rows))), batch_size)
+    nothing: the compute side of `pipelined`, to tell GPU time from serialisation and disk.
+    `batches` (lists of row indices) replaces datagen's batching of `batch_size` rows."""
+    if batches is None:
+        lengths = [len(ids) for ids, _ in rows]
+        batches = length_sorted_batches(lengths, list(range(len(rows))), batch_size)
     start, cpu = time.perf_counter(), time.process_time()
     previous = None
     for batch in batches:
@@ -153,13 +156,16 @@ def capture_only(backend, rows, device, batch_size: int) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def compile_layers(model) -> None:
-    """torch.compile each decoder layer's forward (not the module: its forward hooks stay
-    eager). The layers share code, so they share compiled graphs; dynamic shapes cover the
-    batch and length changes."""
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    for layer in model.model.layers:
-        layer.forward = torch.compile(layer.forward, dynamic=True)
+@contextlib.contextmanager
+def eager_layers(layers):
+    """The plain HF loop runs eagerly, also when the backend compiled the shared layers."""
+    saved = [layer.__dict__.pop("forward", None) for layer in layers]
+    try:
+        yield
+    finally:
+        for layer, forward in zip(layers, saved):
+            if forward is not None:
+                layer.forward = forward
 
 
 def _sync(device: torch.device) -> None:
@@ -228,11 +234,18 @@ def main() -> None:
     p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
     p.add_argument("--writer-threads", type=int, default=None, help="default: datagen's choice")
     p.add_argument("--max-batches", type=int, default=3, help="writer: pending batches at most")
-    p.add_argument("--compile", action="store_true", help="also run with compiled layers")
+    p.add_argument("--no-compile", action="store_true", help="eager layers (GPU default: compiled)")
+    p.add_argument(
+        "--ablate-compile", action="store_true", help="rerun capture and pipelined the other way"
+    )
     args = p.parse_args()
 
     from speculators.artifacts.layer_ids import default_layer_ids
-    from speculators.datagen.backends.transformers import TransformersBackend
+    from speculators.datagen.backends.transformers import (
+        TransformersBackend,
+        compile_layers,
+        uncompile_layers,
+    )
     from speculators.datagen.writer import default_num_threads
 
     device = torch.device(args.device)
@@ -269,7 +282,8 @@ def main() -> None:
                 best = (float("inf"), 0.0)
                 for _ in range(args.repeat):
                     if name == "baseline":
-                        timing = baseline(model, rows, layer_ids, device)
+                        with eager_layers(model.model.layers):
+                            timing = baseline(model, rows, layer_ids, device)
                     else:
                         timing = capture_only(backend, rows, device, args.batch_size)
                     best = min(best, timing)
@@ -288,27 +302,44 @@ def main() -> None:
 
     # One backend for every run, as in one long datagen run: its pinned buffers are allocated
     # once, by this warm-up over the longest batches (as many as the loop keeps alive at once).
-    backend = TransformersBackend(model.model, layer_ids, device)
+    compiled = device.type == "cuda" and not args.no_compile
+    backend = TransformersBackend(model.model, layer_ids, device, "inductor" if compiled else None)
     longest = sorted(rows, key=lambda r: -len(r[0]))
-    warm = longest[: (args.max_batches + 2) * args.batch_size]
+    warm_up(backend, rows, longest, device, args)
+    if "baseline" in args.paths:
+        with eager_layers(model.model.layers):
+            baseline(model, rows[:2], layer_ids, device)
+    run_paths(" [compiled layers]" if compiled else "", args.paths)
+    if args.ablate_compile:
+        compiled = not compiled
+        if compiled:
+            compile_layers(model.model.layers)
+        else:
+            uncompile_layers(model.model.layers)
+        warm_up(backend, rows, longest, device, args)
+        tag = " [compiled layers]" if compiled else " [eager layers]"
+        run_paths(tag, [p for p in args.paths if p in ("capture", "pipelined")])
+
+
+def warm_up(backend, rows, longest, device, args) -> None:
+    """The longest batches through the writing loop, then one untimed pass over every batch
+    shape: the first timed path must not pay for compiling, for the pinned buffers or for the
+    allocator's first sight of each shape (on 2026-11-29 the first path, forward-only, came out
+    slower than the loops that also write)."""
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.out_dir[0]) as tmp:
-        ours(backend, warm, device, args, Path(tmp), True)
-        baseline(model, rows[:2], layer_ids, device)
-    # And one untimed pass over every batch shape, so that the first timed path does not pay
-    # for the allocator's first sight of each shape (on 2026-11-29 the first path, forward-only,
-    # came out slower than the loops that also write).
+        ours(
+            backend,
+            longest[: (args.max_batches + 2) * args.batch_size],
+            device,
+            args,
+            Path(tmp),
+            True,
+        )
     capture_only(backend, rows, device, args.batch_size)
+    print(f"warm-up (compiling, if compiled): {time.perf_counter() - start:.0f} s", flush=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    run_paths("", args.paths)
-    if args.compile:
-        compile_layers(model)
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory(dir=args.out_dir[0]) as tmp:
-            warm = longest[: args.batch_size] + longest[-args.batch_size :]  # long and short
-            ours(backend, warm, device, args, Path(tmp), True)
-        print(f"compile + warm-up: {time.perf_counter() - start:.0f} s", flush=True)
-        run_paths(" [compiled layers]", [p for p in args.paths if p in ("capture", "pipelined")])
 
 
 if __name__ == "__main__":

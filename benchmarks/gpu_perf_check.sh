@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Issue 8's measurements on one GPU in one go (about 9 minutes on an H200, most of it
+# Issue 8's measurements on one GPU in one go (about 12 minutes on an H200, much of it
 # torch.compile): training pure steps (8192 and 16384 tokens/row, 8B shape; the 70B-shaped
 # draft for memory), `speculators train` end to end, datagen (forward-only ceiling, synchronous
-# and pipelined loops to local disk and /dev/shm, then with compiled layers). Each part has its
-# own time limit, so one that hangs does not cost the others; every output lands in $OUT.
+# and pipelined loops to local disk and /dev/shm, compiled as datagen runs; then eager). Each
+# part has its own time limit, so one that hangs does not cost the others; every output lands
+# in $OUT.
 # Groups, for machines that limit one command's time: `steps` (~5 min), `e2e` (~2.5 min),
-# `datagen` (~4 min); no argument runs all three.
+# `datagen` (~5 min); no argument runs all three.
 #   OUT=/some/dir bash benchmarks/gpu_perf_check.sh steps
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -35,7 +36,7 @@ if want e2e; then
         --real-samples 48
 fi
 if want datagen; then
-    part datagen 270 "$PY" bench_datagen.py --config llama-3.1-8b --device cuda \
-        --num-samples 384 --seq-length 2048 --batch-size 16 --length-mix sharegpt \
-        --paths capture sync pipelined --out-dir /dev/shm . --compile
+    part datagen 330 "$PY" bench_datagen.py --config llama-3.1-8b --device cuda \
+        --num-samples 1024 --seq-length 2048 --batch-size 16 --length-mix sharegpt \
+        --paths capture sync pipelined --out-dir /dev/shm . --ablate-compile
 fi

@@ -19,12 +19,16 @@ HERE = Path(__file__).resolve().parent
 CPU = [
     ("datagen", ["bench_datagen.py", "--config", "smollm2-135m", "--device", "cpu",
                  "--num-samples", "8", "--seq-length", "128", "--batch-size", "4"]),
+    ("datagen batching", ["bench_datagen_batching.py", "--config", "tiny", "--device", "cpu",
+                          "--num-samples", "32", "--seq-length", "256"]),
     ("train", ["bench_train.py", "--config", "tiny", "--total-seq-len", "512", "--steps", "3"]),
 ]  # fmt: skip
 GPU = [
     ("datagen", ["bench_datagen.py", "--config", "llama-3.1-8b", "--device", "cuda",
-                 "--num-samples", "384", "--seq-length", "2048", "--batch-size", "16",
+                 "--num-samples", "1024", "--seq-length", "2048", "--batch-size", "16",
                  "--length-mix", "sharegpt"]),
+    ("datagen batching", ["bench_datagen_batching.py", "--config", "llama-3.1-8b",
+                          "--num-samples", "1024"]),
     ("train 8192", ["bench_train.py", "--config", "llama-3.1-8b", "--total-seq-len", "8192",
                     "--steps", "10"]),
     ("train 16384", ["bench_train.py", "--config", "llama-3.1-8b", "--total-seq-len", "16384",
