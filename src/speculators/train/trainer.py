@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from speculators.artifacts import checkpoint as ckpt
-from speculators.errors import UserInputError
+from speculators.errors import UserInputError, compile_errors, compile_failure
 from speculators.models.eagle3 import Eagle3Draft
 from speculators.train.attention import AttentionImpl
 from speculators.train.compiled import compile_layers
@@ -133,9 +133,14 @@ class Trainer:
         # Nothing in the loop reads a number off the GPU, so the host queues work ahead of it.
         metrics, loss_sum = TTTMetrics(o.ttt_steps), torch.zeros((), device=self.device)
         for one in micro:
-            loss, m = self._forward(one)
-            # Each row weighs the same; ranks are averaged by FSDP's gradient reduction.
-            (loss / len(micro)).backward()
+            try:
+                loss, m = self._forward(one)
+                # Each row weighs the same; ranks are averaged by FSDP's gradient reduction.
+                (loss / len(micro)).backward()
+            except compile_errors() as e:
+                if not o.compile:
+                    raise
+                raise compile_failure(e, "the draft", "about 1.3x slower") from None
             metrics.merge(m)
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(

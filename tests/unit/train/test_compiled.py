@@ -112,3 +112,36 @@ def test_compiling_is_the_gpu_default_and_no_compile_turns_it_off(device, no_com
 
     config = TrainConfig(verifier_name_or_path="v", no_compile=no_compile)
     assert trainer_options(config, torch.device(device), 10, 64).compile is expected
+
+
+def test_a_failing_compile_stops_training_with_a_message_naming_no_compile(monkeypatch):
+    from pathlib import Path
+
+    from speculators.errors import UserInputError
+    from speculators.train import trainer as trainer_module
+    from speculators.train.trainer import Trainer, TrainerOptions
+
+    def broken(gm, example_inputs):
+        raise RuntimeError("no C compiler")
+
+    from speculators.train import head_loss, loss
+
+    # The loss and target chunks compile with aot_eager (inductor on CPUs needs a C compiler).
+    eager_compile = lambda fn: torch.compile(fn, backend="aot_eager")  # noqa: E731
+    monkeypatch.setattr(loss, "_compiled_target_chunk", lambda: eager_compile(loss._target_chunk))
+    monkeypatch.setattr(
+        head_loss, "_compiled_chunk_stats", lambda: eager_compile(head_loss._chunk_stats)
+    )
+    monkeypatch.setattr(trainer_module, "compile_layers", lambda m: compile_layers(m, broken))
+    model, targets, batch = build("cpu", 1)
+    options = TrainerOptions(
+        epochs=1, lr=1e-3, weight_decay=0.0, max_grad_norm=1.0, ttt_steps=3,
+        ttt_step_loss_decay=0.8, total_steps=10, warmup_steps=1, lr_decay="constant",
+        attention="dense", seed=0, compile=True,
+    )  # fmt: skip
+    trainer = Trainer(model, targets, options, torch.device("cpu"), Path("/unused"), {})
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(UserInputError, match="--no-compile") as info:
+        trainer.train_step({k: v.cpu() for k, v in batch.items()})
+    assert "no C compiler" in str(info.value) and "the draft" in str(info.value)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())

@@ -18,17 +18,7 @@ import torch
 
 from speculators.config import DatagenConfig
 from speculators.datagen.backends.staging import StagedCapture, StagingPool, stage
-from speculators.errors import UserInputError, describe
-
-
-def compile_errors() -> tuple[type[Exception], ...]:
-    """What a failing torch.compile raises (at the first call of the compiled code); imported
-    only when needed, as torch._dynamo takes most of a second to import."""
-    from torch._dynamo.exc import TorchDynamoException
-    from torch._inductor.exc import InductorError
-
-    return (TorchDynamoException, InductorError)
-
+from speculators.errors import UserInputError, compile_errors, compile_failure, describe
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
@@ -193,11 +183,10 @@ class TransformersBackend:
         except compile_errors() as e:
             if not self.compiled:
                 raise
-            cause = getattr(e, "inner_exception", None) or e.__cause__ or e  # the compiler's
-            raise UserInputError(
-                f"torch.compile of the verifier's decoder layers failed ({describe(cause)}). Rerun "
-                "the same command with --no-compile (eager, about 1.2x slower); the samples "
-                "already written are kept."
+            raise compile_failure(
+                e,
+                "the verifier's decoder layers",
+                "about 1.2x slower; the samples already written are kept",
             ) from None
         lengths = [len(ids) for ids in batch]
         # [sum_i layers * L_i, H], sample-major: one kernel, no padding rows.
