@@ -12,7 +12,14 @@ REFERENCE_FLAGS = {
     "--cache-dir", "--layer-ids", "--tensor-parallel-size", "--batch-size", "--seed",
     "--token-freq-path",
 }  # fmt: skip
-OURS = {"--backend", "--device", "--dtype", "--gpu-memory-utilization", "--overwrite"}
+OURS = {
+    "--backend",
+    "--device",
+    "--dtype",
+    "--gpu-memory-utilization",
+    "--no-compile",
+    "--overwrite",
+}
 
 
 def test_flag_set_is_pinned():
