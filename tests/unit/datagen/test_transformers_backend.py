@@ -185,3 +185,35 @@ def test_inductor_compiled_layers_are_as_close_to_fp32_as_eager_bf16(tiny_llama)
         for r, e, c in zip(ref_s, eager_s, comp_s):
             assert c.shape == r.shape
             assert _rel_err(c, r) <= max(2 * _rel_err(e, r), 2e-2), (_rel_err(c, r), _rel_err(e, r))
+
+
+def test_sliding_window_models_keep_transformers_mask():
+    """Our mask is plain causal: a model with a sliding window (or sliding layers) must get
+    transformers' own, and then batched still equals one by one beyond the window."""
+    from transformers import LlamaConfig, MistralConfig, MistralModel
+
+    from speculators.datagen.backends.transformers import attends_to_whole_prefix
+
+    assert attends_to_whole_prefix(LlamaConfig())
+    assert not attends_to_whole_prefix(MistralConfig(sliding_window=4096))
+    assert not attends_to_whole_prefix(
+        LlamaConfig(layer_types=["sliding_attention", "full_attention"], num_hidden_layers=2)
+    )
+    torch.manual_seed(0)
+    config = MistralConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=300, sliding_window=8, head_dim=8,
+    )  # fmt: skip
+    model = MistralModel(config).eval()
+    backend = TransformersBackend(model, [0, 2], torch.device("cpu"))
+    assert not backend.prebuilt_mask
+    batch = sequences([30, 11], seed=6)
+    together = backend.capture(batch)
+    for ids, got in zip(batch, together):
+        for a, b in zip(got, backend.capture([ids])[0]):
+            torch.testing.assert_close(a.float(), b.float(), atol=1e-6, rtol=1e-2)
+    # And the window matters here: the plain causal mask would give other states.
+    backend.prebuilt_mask = True
+    wrong = backend.capture(batch)
+    assert not torch.allclose(wrong[0][1].float(), together[0][1].float(), atol=1e-3)
+    backend.close()

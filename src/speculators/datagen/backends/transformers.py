@@ -74,6 +74,17 @@ def uncompile_layers(layers: torch.nn.ModuleList) -> None:
         layer.__dict__.pop("forward", None)
 
 
+def attends_to_whole_prefix(config: Any) -> bool:
+    """True when every layer is plain causal attention: no sliding window (Mistral, Gemma's
+    sliding layers), no chunked attention (Llama 4). Other models keep transformers' mask."""
+    if getattr(config, "sliding_window", None) is not None:
+        return False
+    if getattr(config, "attention_chunk_size", None) is not None:
+        return False
+    layer_types = getattr(config, "layer_types", None) or []
+    return all(kind == "full_attention" for kind in layer_types)
+
+
 def padded_causal_mask(lengths_B: torch.Tensor, width: int) -> torch.Tensor:
     """[B, 1, width, width] bool, True where query q may attend key k: k <= q and k is a real
     token of its row. Built on the device from the lengths, so the host never waits for it;
@@ -117,8 +128,10 @@ class TransformersBackend:
         self._copy_stream: torch.cuda.Stream | None = None
         # Our own 4-D mask (see padded_causal_mask); False: transformers builds it from the
         # 2-D padding mask, reading it on the host first (and the benchmark's ablation).
-        # Only SDPA takes a boolean mask as is (eager attention adds a float mask).
-        self.prebuilt_mask = getattr(config, "_attn_implementation", None) == "sdpa"
+        # Only SDPA takes a boolean mask as is (eager attention adds a float mask), and only a
+        # model whose layers all see the whole prefix has the mask we build.
+        sdpa = getattr(config, "_attn_implementation", None) == "sdpa"
+        self.prebuilt_mask = sdpa and attends_to_whole_prefix(config)
 
     @classmethod
     def from_config(cls, config: DatagenConfig, layer_ids: Sequence[int]) -> TransformersBackend:
