@@ -47,9 +47,8 @@ def test_layer_ids_are_hf_hidden_states_plus_one_and_last_is_pre_norm(models):
     assert not torch.allclose(stored[0].float(), hs[LAYER_IDS[0]][0], atol=1e-4)
 
 
-def test_batched_equals_one_by_one(models):
-    _, backend = models
-    batch = sequences([17, 40, 3, 40, 29], seed=1)
+def assert_batched_equals_one_by_one(backend, batch):
+    """Returns the batched capture."""
     together = backend.capture(batch)
     for ids, got in zip(batch, together):
         alone = backend.capture([ids])[0]
@@ -57,6 +56,11 @@ def test_batched_equals_one_by_one(models):
             assert a.shape == (len(ids), backend.hidden_size)
             # Hidden states of this tiny model are ~0.1: tolerances are relative (bf16 rounding).
             torch.testing.assert_close(a.float(), b.float(), atol=1e-6, rtol=1e-2)
+    return together
+
+
+def test_batched_equals_one_by_one(models):
+    assert_batched_equals_one_by_one(models[1], sequences([17, 40, 3, 40, 29], seed=1))
 
 
 def test_padded_causal_mask_is_causal_and_hides_padding_keys():
@@ -95,11 +99,7 @@ def test_eager_attention_keeps_the_two_d_mask(tiny_llama):
     base = AutoModel.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="eager")
     backend = TransformersBackend(base.eval(), LAYER_IDS, torch.device("cpu"))
     assert not backend.prebuilt_mask
-    batch = sequences([12, 5], seed=3)
-    together = backend.capture(batch)
-    for ids, got in zip(batch, together):
-        for a, b in zip(got, backend.capture([ids])[0]):
-            torch.testing.assert_close(a.float(), b.float(), atol=1e-6, rtol=1e-2)
+    assert_batched_equals_one_by_one(backend, sequences([12, 5], seed=3))
     backend.close()
 
 
@@ -208,10 +208,7 @@ def test_sliding_window_models_keep_transformers_mask():
     backend = TransformersBackend(model, [0, 2], torch.device("cpu"))
     assert not backend.prebuilt_mask
     batch = sequences([30, 11], seed=6)
-    together = backend.capture(batch)
-    for ids, got in zip(batch, together):
-        for a, b in zip(got, backend.capture([ids])[0]):
-            torch.testing.assert_close(a.float(), b.float(), atol=1e-6, rtol=1e-2)
+    together = assert_batched_equals_one_by_one(backend, batch)
     # And the window matters here: the plain causal mask would give other states.
     backend.prebuilt_mask = True
     wrong = backend.capture(batch)
