@@ -63,7 +63,7 @@ class DatagenConfig(StrictModel):
         False,
         description="transformers backend on GPUs: run the verifier's decoder layers eagerly "
         "instead of torch.compile'd (compiling fuses their element-wise work, about 1.2x faster, "
-        "for ~20 s before the first batch).",
+        "for ~20-40 s before the first batches).",
     )
     gpu_memory_utilization: float = Field(
         0.8, gt=0, le=1, description="Share of GPU memory vllm may use (vllm backend only)."

@@ -126,10 +126,9 @@ class TransformersBackend:
             compile_layers(layers, compile_backend)
         self._pool = StagingPool(device)
         self._copy_stream: torch.cuda.Stream | None = None
-        # Our own 4-D mask (see padded_causal_mask); False: transformers builds it from the
-        # 2-D padding mask, reading it on the host first (and the benchmark's ablation).
-        # Only SDPA takes a boolean mask as is (eager attention adds a float mask), and only a
-        # model whose layers all see the whole prefix has the mask we build.
+        # Padded batches get our own 4-D mask (padded_causal_mask) where it is the right one:
+        # SDPA takes a boolean mask as is (eager attention adds a float mask), and the mask is
+        # plain causal. False: transformers builds its mask from the 2-D padding mask.
         sdpa = getattr(config, "_attn_implementation", None) == "sdpa"
         self.prebuilt_mask = sdpa and attends_to_whole_prefix(config)
 
