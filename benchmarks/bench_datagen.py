@@ -28,6 +28,11 @@ from pathlib import Path
 import torch
 from shapes import SHAPES  # benchmarks/ is on sys.path when a script runs
 
+from speculators.datagen.backends.transformers import (
+    TransformersBackend,
+    compile_layers,
+    uncompile_layers,
+)
 from speculators.datagen.generate import GenerationStats, length_sorted_batches
 
 PATHS = ("baseline", "capture", "sync", "pipelined")
@@ -159,11 +164,12 @@ def capture_only(backend, rows, device, batch_size: int, batches=None) -> tuple[
 @contextlib.contextmanager
 def eager_layers(layers):
     """The plain HF loop runs eagerly, also when the backend compiled the shared layers."""
-    saved = [layer.__dict__.pop("forward", None) for layer in layers]
+    compiled = [layer.__dict__.get("forward") for layer in layers]
+    uncompile_layers(layers)
     try:
         yield
     finally:
-        for layer, forward in zip(layers, saved):
+        for layer, forward in zip(layers, compiled):
             if forward is not None:
                 layer.forward = forward
 
@@ -241,11 +247,6 @@ def main() -> None:
     args = p.parse_args()
 
     from speculators.artifacts.layer_ids import default_layer_ids
-    from speculators.datagen.backends.transformers import (
-        TransformersBackend,
-        compile_layers,
-        uncompile_layers,
-    )
     from speculators.datagen.writer import default_num_threads
 
     device = torch.device(args.device)

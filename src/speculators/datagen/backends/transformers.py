@@ -119,11 +119,10 @@ class TransformersBackend:
         self.hidden_size = int(config.hidden_size)
         self.num_layers = int(config.num_hidden_layers)
         self._captured: dict[int, torch.Tensor] = {}
-        layers = decoder_layers(model, self.num_layers)
-        self._hooks = [layers[i].register_forward_hook(self._hook(i)) for i in self.layer_ids]
-        self.compiled = compile_backend is not None
+        self._layers = decoder_layers(model, self.num_layers)
+        self._hooks = [self._layers[i].register_forward_hook(self._hook(i)) for i in self.layer_ids]
         if compile_backend is not None:
-            compile_layers(layers, compile_backend)
+            compile_layers(self._layers, compile_backend)
         self._pool = StagingPool(device)
         self._copy_stream: torch.cuda.Stream | None = None
         # Padded batches get our own 4-D mask (padded_causal_mask) where it is the right one:
@@ -131,6 +130,11 @@ class TransformersBackend:
         # plain causal. False: transformers builds its mask from the 2-D padding mask.
         sdpa = getattr(config, "_attn_implementation", None) == "sdpa"
         self.prebuilt_mask = sdpa and attends_to_whole_prefix(config)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the decoder layers run compiled now (compile_layers, not undone)."""
+        return any("forward" in layer.__dict__ for layer in self._layers)
 
     @classmethod
     def from_config(cls, config: DatagenConfig, layer_ids: Sequence[int]) -> TransformersBackend:
