@@ -29,6 +29,7 @@ from speculators.datagen.preprocess import (
     tokenize_dataset,
 )
 from speculators.datagen.sources import load_raw_data
+from speculators.devices import resolve_device
 from speculators.errors import UserInputError, describe
 
 
@@ -128,8 +129,6 @@ def _plan(config: DatagenConfig) -> _Plan:
 
     backend_name, backend_note = resolve_backend_name(config)
     if backend_name == "transformers":
-        from speculators.datagen.backends.transformers import resolve_device
-
         resolve_device(config.device)
     verifier = load_verifier_config(config.target_model_path, "--target-model-path")
     layer_ids = resolve_layer_ids(config.layer_ids, verifier.num_hidden_layers)

@@ -16,6 +16,7 @@ from speculators.artifacts.atomic import atomic_write_json, atomic_write_text
 from speculators.artifacts.checkpoint import load_draft
 from speculators.artifacts.layer_ids import from_vllm_aux_layer_ids
 from speculators.config.eval import EvalConfig
+from speculators.devices import resolve_device
 from speculators.errors import UserInputError, describe
 from speculators.evaluate.decode import DecodeStats, as_generator, speculative_generate
 from speculators.evaluate.models import EagleProposer, HFVerifier
@@ -115,14 +116,6 @@ def check_embeddings(checkpoint: Path, verifier: str, draft: Any, model: Any) ->
         )
 
 
-def _resolve_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("--device cuda: no CUDA GPU is visible. Use --device cpu or auto.")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
-
-
 def _load_verifier(name: str, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -150,7 +143,7 @@ def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
 def run_eval(config: EvalConfig, on_progress: ProgressFn | None = None) -> EvalResult:
     """Speculatively decode `config.num_prompts` prompts and write eval_results.json."""
     start = time.perf_counter()
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     dtype = DTYPES.get(config.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
     draft, draft_config = load_draft(config.checkpoint_dir, device)
     named = draft_config.get("speculators_config", {}).get("verifier", {}).get("name_or_path")

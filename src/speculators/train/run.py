@@ -22,6 +22,7 @@ from speculators.artifacts.data_config import find_data_config
 from speculators.artifacts.layer_ids import default_layer_ids, to_vllm_aux_layer_ids
 from speculators.artifacts.vocab_mapping import load_vocab_mapping
 from speculators.config.train import TrainConfig
+from speculators.devices import resolve_device
 from speculators.errors import UserInputError
 from speculators.models.eagle3 import Eagle3Draft, layer_config_dict
 from speculators.models.verifier import load_verifier_config
@@ -48,14 +49,6 @@ class TrainResult:
     num_train_samples: int
     num_val_samples: int
     layer_ids: list[int]
-
-
-def resolve_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("--device cuda: no CUDA GPU is visible. Use --device cpu or auto.")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
 
 
 def check_layers(config: TrainConfig, verifier: Any, index: DataIndex) -> list[int]:

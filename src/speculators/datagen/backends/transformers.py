@@ -18,17 +18,10 @@ import torch
 
 from speculators.config import DatagenConfig
 from speculators.datagen.backends.staging import StagedCapture, StagingPool, stage
+from speculators.devices import resolve_device
 from speculators.errors import UserInputError, compile_errors, compile_failure, describe
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("--device cuda: no CUDA GPU is available here; use --device cpu.")
-    return torch.device(device)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
