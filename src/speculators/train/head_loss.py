@@ -1,12 +1,14 @@
 """The draft's lm_head fused with its KL loss: logits exist for one chunk of positions at a time.
 
 Per chunk: logits = x W^T (bf16 under autocast), the draft's log-probs, KL(verifier || draft)
-and the argmax; and, when a gradient is wanted, d loss / d logits = w (q sum(p) - p) in bf16.
-The gradients of x and W are then formed at once (two products over all positions) and the
-backward only scales them by the incoming gradient. Per TTT step this keeps a few [chunk, Vd]
-fp32 temporaries and one [N, Vd] bf16 gradient for a moment, instead of [N, Vd] fp32 logits,
-log-probs and softmax saved until the backward; compiled, the element-wise work of a chunk is
-one fused kernel. tests/unit/train/test_head_loss.py compares it with plain autograd.
+and the argmax; and, when a gradient is wanted, d loss / d logits = w (q sum(p) - p) in bf16,
+written straight into one [N, Vd] buffer. The input gradient is then one product over all
+positions; the weight gradient is one product in the backward, with the incoming scale folded
+into the (small) input, written in the weight's dtype (fp32 from the product's accumulator on
+GPUs: no scaling or casting pass over [Vd, H] afterwards). Per TTT step this keeps a few
+[chunk, Vd] fp32 temporaries and the [N, Vd] bf16 gradient until the backward, instead of
+[N, Vd] fp32 logits, log-probs and softmax; compiled, the element-wise work of a chunk is one
+fused kernel. tests/unit/train/test_head_loss.py compares it with plain autograd.
 """
 
 from __future__ import annotations
@@ -24,16 +26,20 @@ def _chunk_stats(
     logits_CV: torch.Tensor,
     target_logp_CV: torch.Tensor,
     weight_C: torch.Tensor,
-    grad_dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(KL per row, draft argmax per row, weighted d KL / d logits in `grad_dtype`) of one
-    chunk; the arithmetic in fp32."""
+    kl_C: torch.Tensor,
+    argmax_C: torch.Tensor,
+    grad_CV: torch.Tensor | None,
+) -> None:
+    """Write the KL per row, the draft argmax per row and (if `grad_CV` is given) the weighted
+    d KL / d logits of one chunk into those slices of the caller's buffers; the arithmetic in
+    fp32. Compiled, the results are stored straight into the buffers (no copy afterwards)."""
     logits = logits_CV.float()
     logq = torch.log_softmax(logits, dim=-1)
     p = target_logp_CV.exp()
-    kl = torch.where(p > 0, p * (target_logp_CV - logq), 0.0).sum(-1)
-    grad = (logq.exp() * p.sum(-1, keepdim=True) - p) * weight_C[:, None]
-    return kl, logits.argmax(-1), grad.to(grad_dtype)
+    kl_C.copy_(torch.where(p > 0, p * (target_logp_CV - logq), 0.0).sum(-1))
+    argmax_C.copy_(logits.argmax(-1))
+    if grad_CV is not None:
+        grad_CV.copy_((logq.exp() * p.sum(-1, keepdim=True) - p) * weight_C[:, None])
 
 
 @lru_cache(maxsize=1)
@@ -71,14 +77,19 @@ class _LinearKL(torch.autograd.Function):
         grad_NV = torch.empty((n, v), dtype=dtype, device=x_NH.device) if want_grad else None
         for a in range(0, n, chunk):
             b = min(n, a + chunk)
-            kl, argmax, grad = stats(x_all[a:b] @ w.T, target_logp_NV[a:b], weight_N[a:b], dtype)
-            kl_N[a:b], argmax_N[a:b] = kl, argmax
-            if grad_NV is not None:
-                grad_NV[a:b] = grad
+            grad = grad_NV[a:b] if grad_NV is not None else None
+            stats(
+                x_all[a:b] @ w.T, target_logp_NV[a:b], weight_N[a:b], kl_N[a:b], argmax_N[a:b], grad
+            )
         loss = (kl_N * weight_N).sum()
-        # The gradients as two full-size products (as autograd would form them from logits),
-        # while only their bf16 d loss / d logits is held, for the moment it takes.
-        ctx.grads = (grad_NV @ w, grad_NV.T @ x_all) if grad_NV is not None else (None, None)
+        # The input gradient as one full-size product now (as autograd would form it from the
+        # logits); the weight gradient waits for the backward, where the incoming scale is
+        # known: it goes into the (small) input x, so the product writes the finished
+        # gradient in the weight's dtype (fp32 accumulation, no pass over it afterwards).
+        if grad_NV is not None:
+            ctx.grad_x = grad_NV @ w
+            ctx.save_for_backward(grad_NV, x_all)
+        ctx.want_grad = grad_NV is not None
         correct_N = (argmax_N + d2t_V[argmax_N]) == target_argmax_N
         ctx.dtypes = (x_NH.dtype, weight_VH.dtype)
         ctx.mark_non_differentiable(kl_N, correct_N)
@@ -86,13 +97,23 @@ class _LinearKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple[Any, ...]:
-        grad_x, grad_w = ctx.grads
-        if grad_x is None or grad_w is None:
+        if not ctx.want_grad:
             raise RuntimeError("linear_kl was called without a gradient; call it with one")
-        gx = (grad_x * grad_loss).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
-        gw = (grad_w * grad_loss).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-        ctx.grads = (None, None)
+        grad_NV, x_all = ctx.saved_tensors
+        gx = (ctx.grad_x * grad_loss).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        gw = None
+        if ctx.needs_input_grad[1]:
+            gw = mm_to(grad_NV.T, x_all * grad_loss.to(x_all.dtype), ctx.dtypes[1])
+        ctx.grad_x = None
         return gx, gw, None, None, None, None, None, None
+
+
+def mm_to(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """a @ b written in `dtype`: on GPUs, bf16/fp16 inputs go straight to an fp32 result (the
+    product's own accumulator, no rounding to bf16 and no cast afterwards)."""
+    if a.is_cuda and dtype == torch.float32 and a.dtype in (torch.bfloat16, torch.float16):
+        return torch.mm(a, b, out_dtype=dtype)
+    return (a @ b).to(dtype)
 
 
 def linear_kl(
