@@ -11,7 +11,10 @@ then timed `Trainer.train_step` calls (forward with TTT, backward, clip, AdamW).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -77,7 +80,11 @@ def main() -> None:
     p.add_argument("--ttt-steps", type=int, default=3)
     p.add_argument("--num-layers", type=int, default=1)
     p.add_argument("--steps", type=int, default=5, help="timed steps (after 3 warm-up steps)")
-    p.add_argument("--profile", type=Path, help="also profile 2 steps; kernel table to this file")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="also profile 2 steps: kernel table to FILE, Chrome trace beside it (.trace.json.gz)",
+    )
     p.add_argument("--peak-tflops", type=float, default=780.0, help="for MFU (H200 bf16: ~780)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--attention", choices=["dense", "flex"], default=None)
@@ -93,7 +100,7 @@ def main() -> None:
     model.d2t.copy_(target_ids - torch.arange(vd))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     lm_head = (torch.randn(cfg.vocab_size, cfg.hidden_size) * 0.02).to(device, dtype)
-    targets = VerifierTargets(
+    targets = VerifierTargets.from_verifier(
         torch.ones(cfg.hidden_size, device=device), lm_head, 1e-5, target_ids.to(device)
     )
     attention = args.attention or ("flex" if device.type == "cuda" else "dense")
@@ -110,13 +117,13 @@ def main() -> None:
         for s in range(2)
     ]
     for i in range(3):  # warm-up (compilation, allocator)
-        trainer.train_step(batches[i % 2])
+        t = trainer.train_step(batches[i % 2])["train/step_s"]
+        print(f"warm-up step {i + 1}/3: {t:.1f} s", file=sys.stderr, flush=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    for i in range(args.steps):
-        trainer.train_step(batches[i % 2])
+    each = [trainer.train_step(batches[i % 2])["train/step_s"] for i in range(args.steps)]
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
@@ -131,6 +138,7 @@ def main() -> None:
         "num_layers": args.num_layers,
         "step_s": elapsed / args.steps,
         "tokens_per_s": args.total_seq_len * args.steps / elapsed,
+        "step_s_each": [round(t, 4) for t in each],
         "gflop_per_token": flops_per_token(cfg, batches[0], vd, args.ttt_steps) / 1e9,
         "threads": torch.get_num_threads(),
     }
@@ -159,9 +167,14 @@ def profile(trainer: Trainer, batches: list, out: Path) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
     key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=key, row_limit=30)
+    table = prof.key_averages().table(sort_by=key, row_limit=80, max_name_column_width=90)
     out.write_text(table)
     print(table)
+    trace = out.with_suffix(".trace.json")
+    prof.export_chrome_trace(str(trace))
+    with trace.open("rb") as f, gzip.open(f"{trace}.gz", "wb") as z:
+        shutil.copyfileobj(f, z)
+    trace.unlink()
 
 
 if __name__ == "__main__":

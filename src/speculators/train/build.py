@@ -26,7 +26,9 @@ def build_model(
     t2d_t = torch.from_numpy(t2d)
     model.init_from_verifier(head.embed_tokens_VH, head.lm_head_VH, torch.from_numpy(d2t), t2d_t)
     target_ids = torch.from_numpy(draft_to_target_ids(d2t))
-    targets = VerifierTargets(head.norm_H, head.lm_head_VH, head.rms_norm_eps, target_ids)
+    targets = VerifierTargets.from_verifier(
+        head.norm_H, head.lm_head_VH, head.rms_norm_eps, target_ids
+    )
     return model, targets
 
 
@@ -40,10 +42,4 @@ def place_model(model: Eagle3Draft, device: torch.device) -> Eagle3Draft:
 
 
 def targets_to(targets: VerifierTargets, device: torch.device) -> VerifierTargets:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return VerifierTargets(
-        targets.norm_H.to(device),
-        targets.lm_head_VH.to(device, dtype),
-        targets.eps,
-        targets.draft_target_ids.to(device),
-    )
+    return targets.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)

@@ -21,32 +21,57 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)) * weight.float()
 
 
+def draft_rows_first(
+    lm_head_VH: torch.Tensor, draft_target_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the verifier lm_head with the draft vocab's rows first, the target id of each row).
+
+    Both parts keep ascending target ids. Done once per run, so that every step's target
+    chunk reads the draft-vocab logits as one contiguous block instead of gathering them."""
+    rest = torch.ones(lm_head_VH.shape[0], dtype=torch.bool)
+    rest[draft_target_ids.cpu()] = False
+    row_ids = torch.cat([draft_target_ids.cpu(), rest.nonzero().flatten()])
+    return lm_head_VH[row_ids.to(lm_head_VH.device)], row_ids.to(draft_target_ids.device)
+
+
 @torch.no_grad()
 def verifier_targets(
     last_hidden_NH: torch.Tensor,
     norm_H: torch.Tensor,
-    lm_head_VH: torch.Tensor,
+    head_VH: torch.Tensor,
     eps: float,
-    draft_target_ids: torch.Tensor,
+    row_ids_V: torch.Tensor,
+    num_draft: int,
     chunk: int = 2048,
     pad: int = 0,
     compiled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probs over the draft vocab [N + pad, Vd] fp32, argmax over the FULL vocab [N + pad]).
 
-    Chunked over positions so that full-vocab logits never exist for all N at once. `pad` extra
-    rows (uniform log-probs, argmax -1) let callers take shifted views [s : s + N] without a copy.
-    `compiled`: fuse the norm, the gather and the log-softmax of a chunk (torch.compile).
+    `head_VH`, `row_ids_V`: the verifier lm_head with the draft rows first (`draft_rows_first`).
+    The argmax is the target id with the largest logit, the lowest id among equals: exactly
+    `argmax` over the logits in vocab order. Chunked over positions so that full-vocab logits
+    never exist for all N at once. `pad` extra rows (uniform log-probs, argmax -1) let callers
+    take shifted views [s : s + N] without a copy. `compiled`: fuse each chunk's element-wise
+    work and reductions (torch.compile).
     """
-    n, vd = last_hidden_NH.shape[0], draft_target_ids.numel()
+    n = last_hidden_NH.shape[0]
     device = last_hidden_NH.device
-    logp = torch.full((n + pad, vd), -math.log(vd), dtype=torch.float32, device=device)
+    logp = torch.empty((n + pad, num_draft), dtype=torch.float32, device=device)
+    logp[n:] = -math.log(num_draft)
     argmax = torch.full((n + pad,), -1, dtype=torch.long, device=device)
     targets_of = _compiled_target_chunk() if compiled else _target_chunk
     for start in range(0, n, chunk):
         end = min(n, start + chunk)
-        logp[start:end], argmax[start:end] = targets_of(
-            last_hidden_NH[start:end], norm_H, lm_head_VH, eps, draft_target_ids
+        targets_of(
+            last_hidden_NH[start:end],
+            norm_H,
+            head_VH,
+            eps,
+            row_ids_V,
+            num_draft,
+            logp[start:end],
+            argmax[start:end],
         )
     return logp, argmax
 
@@ -54,13 +79,26 @@ def verifier_targets(
 def _target_chunk(
     hidden_CH: torch.Tensor,
     norm_H: torch.Tensor,
-    lm_head_VH: torch.Tensor,
+    head_VH: torch.Tensor,
     eps: float,
-    draft_target_ids: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    logits_CV = rms_norm(hidden_CH, norm_H, eps).to(lm_head_VH.dtype) @ lm_head_VH.T
-    logp = F.log_softmax(logits_CV[:, draft_target_ids].float(), dim=-1)
-    return logp, logits_CV.argmax(-1)
+    row_ids_V: torch.Tensor,
+    num_draft: int,
+    logp_CV: torch.Tensor,
+    argmax_C: torch.Tensor,
+) -> None:
+    """Write one chunk's draft-vocab log-probs and full-vocab argmax into the given slices
+    (compiled, stored there directly)."""
+    logits_CV = rms_norm(hidden_CH, norm_H, eps).to(head_VH.dtype) @ head_VH.T
+    draft = logits_CV[:, :num_draft].float()
+    logp_CV.copy_(F.log_softmax(draft, dim=-1))
+    best, at = draft.max(-1)  # the first of equal maxima: the lowest id, ids being ascending
+    best_id = row_ids_V[at]
+    if logits_CV.shape[1] > num_draft:
+        other, other_at = logits_CV[:, num_draft:].float().max(-1)
+        other_id = row_ids_V[num_draft + other_at]
+        tie_id = torch.minimum(best_id, other_id)
+        best_id = torch.where(best > other, best_id, torch.where(other > best, other_id, tie_id))
+    argmax_C.copy_(best_id)
 
 
 @lru_cache(maxsize=1)

@@ -10,17 +10,51 @@ import torch
 from speculators.models.eagle3 import Eagle3Draft
 from speculators.train.attention import AttentionImpl, TTTAttention
 from speculators.train.head_loss import linear_kl
-from speculators.train.loss import TTTMetrics, in_doc, shift, verifier_targets, weighted_loss
+from speculators.train.loss import (
+    TTTMetrics,
+    draft_rows_first,
+    in_doc,
+    shift,
+    verifier_targets,
+    weighted_loss,
+)
 
 
 @dataclass
 class VerifierTargets:
-    """The frozen verifier pieces that turn stored last-layer states into target distributions."""
+    """The frozen verifier pieces that turn stored last-layer states into target distributions.
+
+    `head_VH` is the verifier lm_head with the draft vocab's rows first and `row_ids_V` the
+    target id of each row (`from_verifier` builds both from the lm_head in vocab order)."""
 
     norm_H: torch.Tensor
-    lm_head_VH: torch.Tensor
+    head_VH: torch.Tensor
     eps: float
-    draft_target_ids: torch.Tensor  # target id of each draft id, ascending
+    row_ids_V: torch.Tensor
+    num_draft: int
+
+    @classmethod
+    def from_verifier(
+        cls,
+        norm_H: torch.Tensor,
+        lm_head_VH: torch.Tensor,
+        eps: float,
+        draft_target_ids: torch.Tensor,
+    ) -> VerifierTargets:
+        """From the verifier's final norm and lm_head (vocab order) and the target id of each
+        draft id (ascending)."""
+        head, row_ids = draft_rows_first(lm_head_VH, draft_target_ids)
+        return cls(norm_H, head, eps, row_ids, int(draft_target_ids.numel()))
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> VerifierTargets:
+        """On `device`, the lm_head in `dtype`."""
+        return VerifierTargets(
+            self.norm_H.to(device),
+            self.head_VH.to(device, dtype),
+            self.eps,
+            self.row_ids_V.to(device),
+            self.num_draft,
+        )
 
     def __call__(
         self, last_hidden_BTH: torch.Tensor, pad: int = 0, compiled: bool = False
@@ -30,9 +64,10 @@ class VerifierTargets:
         return verifier_targets(
             last_hidden_BTH.flatten(0, 1),
             self.norm_H,
-            self.lm_head_VH,
+            self.head_VH,
             self.eps,
-            self.draft_target_ids,
+            self.row_ids_V,
+            self.num_draft,
             pad=pad,
             compiled=compiled,
         )
@@ -59,7 +94,10 @@ def ttt_forward(
     loss_mask = batch["loss_mask"].bool()
     n = ids.numel()
     target_logp, target_argmax = targets(batch["last_hidden_state"], ttt_steps + 1, compiled)
-    hidden = model.fuse(batch["aux_hidden_states"].to(model.fc.weight.dtype))
+    aux = batch["aux_hidden_states"]
+    if not torch.is_autocast_enabled(aux.device.type):  # autocast casts to bf16 by itself
+        aux = aux.to(model.fc.weight.dtype)
+    hidden = model.fuse(aux)
     kv = TTTAttention(doc, impl)
     metrics = TTTMetrics(ttt_steps, num_tokens=(doc >= 0).sum())
     prefix_right = torch.ones(n, dtype=torch.bool, device=ids.device)

@@ -25,7 +25,7 @@ def build(device: str, num_layers: int) -> tuple[Eagle3Draft, VerifierTargets, d
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.3)
-    targets = VerifierTargets(
+    targets = VerifierTargets.from_verifier(
         torch.rand(h, device=device) + 0.5,
         torch.randn(VERIFIER.vocab_size, h, device=device),
         1e-5,

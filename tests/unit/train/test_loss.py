@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from speculators.train.head_loss import linear_kl
-from speculators.train.loss import TTTMetrics, verifier_targets
+from speculators.train.loss import TTTMetrics, draft_rows_first, verifier_targets
 
 # Draft vocab = target ids [0, 2, 3] of a 5-token verifier vocab.
 TARGET_IDS = torch.tensor([0, 2, 3])
@@ -34,10 +36,29 @@ def test_verifier_targets_use_final_norm_and_full_vocab_argmax():
     norm_w = torch.tensor([2.0, 1.0])  # -> [2, -1]
     lm_head = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.5, 0.0], [1.0, 0.0], [0.0, 5.0]])
     # full logits: [0, 6, 1, 2, -5] -> argmax 1; draft logits (ids 0, 2, 3): [0, 1, 2]
-    logp, argmax = verifier_targets(hidden, norm_w, lm_head, 0.0, TARGET_IDS)
+    head, row_ids = draft_rows_first(lm_head, TARGET_IDS)
+    assert row_ids.tolist() == [0, 2, 3, 1, 4]
+    logp, argmax = verifier_targets(hidden, norm_w, head, 0.0, row_ids, 3)
     assert argmax.tolist() == [1]
     z = math.log(math.exp(0) + math.exp(1) + math.exp(2))
     torch.testing.assert_close(logp, torch.tensor([[0 - z, 1 - z, 2 - z]]))
+
+
+@pytest.mark.parametrize("draft_ids", [[0, 2, 3], [3, 4], [0, 1, 2, 3, 4]])
+def test_full_vocab_argmax_is_plain_argmax_in_vocab_order_ties_included(draft_ids):
+    """Reordering the lm_head (draft rows first) must not change which id wins: among equal
+    logits the lowest target id, as torch.argmax over the logits in vocab order picks."""
+    g = torch.Generator().manual_seed(0)
+    lm_head = torch.randn(5, 4, generator=g)
+    lm_head[1] = lm_head[3] = lm_head[4] = 10 * lm_head[0]  # rows 1, 3, 4 tie when they win
+    hidden = torch.randn(64, 4, generator=g)
+    draft = torch.tensor(draft_ids)
+    head, row_ids = draft_rows_first(lm_head, draft)
+    logp, argmax = verifier_targets(hidden, torch.ones(4), head, 1e-6, row_ids, len(draft_ids), 8)
+    logits = F.normalize(hidden, dim=-1) * 2 @ lm_head.T  # rms_norm with unit weight: * sqrt(4)
+    assert torch.equal(argmax, logits.argmax(-1))
+    assert {1, 3, 4} & set(argmax.tolist()) == {1}  # the tie occurred and went to the lowest id
+    torch.testing.assert_close(logp, F.log_softmax(logits[:, draft], -1), rtol=1e-5, atol=1e-5)
 
 
 def test_acceptance_chain_and_expected_length_by_hand():
