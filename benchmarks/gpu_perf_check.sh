@@ -5,7 +5,8 @@
 # and pipelined loops to local disk and /dev/shm, compiled as datagen runs; then eager). Each
 # part has its own time limit, so one that hangs does not cost the others; every output lands
 # in $OUT.
-# Groups, for machines that limit one command's time: `steps` (~5 min), `e2e` (~2.5 min),
+# Groups, for machines that limit one command's time: `steps` (~5 min warm, up to 13 min with a
+# cold compile cache), `e2e` (~2.5 min),
 # `datagen` (~5 min); no argument runs all three.
 #   OUT=/some/dir bash benchmarks/gpu_perf_check.sh steps
 set -uo pipefail
@@ -27,9 +28,9 @@ want() { [ -z "${GROUPS_WANTED}" ] || [[ " ${GROUPS_WANTED} " == *" $1 "* ]]; }
 GROUPS_WANTED="$*"
 T="$PY bench_train.py --steps 10"
 if want steps; then
-    part train-8192 150 $T --config llama-3.1-8b --total-seq-len 8192
-    part train-16384 120 $T --config llama-3.1-8b --total-seq-len 16384
-    part train-70b-8192 150 $T --config llama-3.1-70b --total-seq-len 8192
+    part train-8192 240 $T --config llama-3.1-8b --total-seq-len 8192
+    part train-16384 300 $T --config llama-3.1-8b --total-seq-len 16384
+    part train-70b-8192 240 $T --config llama-3.1-70b --total-seq-len 8192
 fi
 if want e2e; then
     part train-e2e 200 "$PY" bench_train_e2e.py --size llama-3.1-8b --steps 30 --warmup 10 \
