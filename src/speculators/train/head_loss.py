@@ -86,10 +86,10 @@ class _LinearKL(torch.autograd.Function):
         # logits); the weight gradient waits for the backward, where the incoming scale is
         # known: it goes into the (small) input x, so the product writes the finished
         # gradient in the weight's dtype (fp32 accumulation, no pass over it afterwards).
+        ctx.grad_x = None
         if grad_NV is not None:
             ctx.grad_x = grad_NV @ w
             ctx.save_for_backward(grad_NV, x_all)
-        ctx.want_grad = grad_NV is not None
         correct_N = (argmax_N + d2t_V[argmax_N]) == target_argmax_N
         ctx.dtypes = (x_NH.dtype, weight_VH.dtype)
         ctx.mark_non_differentiable(kl_N, correct_N)
@@ -97,7 +97,7 @@ class _LinearKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple[Any, ...]:
-        if not ctx.want_grad:
+        if ctx.grad_x is None:
             raise RuntimeError("linear_kl was called without a gradient; call it with one")
         grad_NV, x_all = ctx.saved_tensors
         gx = (ctx.grad_x * grad_loss).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None

@@ -59,7 +59,8 @@ def verifier_targets(
     device = last_hidden_NH.device
     logp = torch.empty((n + pad, num_draft), dtype=torch.float32, device=device)
     logp[n:] = -math.log(num_draft)
-    argmax = torch.full((n + pad,), -1, dtype=torch.long, device=device)
+    argmax = torch.empty(n + pad, dtype=torch.long, device=device)
+    argmax[n:] = -1
     targets_of = _compiled_target_chunk() if compiled else _target_chunk
     for start in range(0, n, chunk):
         end = min(n, start + chunk)
