@@ -43,13 +43,16 @@ def speculators_config(
     """config.json in the speculators format that vLLM reads (`vllm serve <checkpoint dir>`).
 
     `eagle_aux_hidden_state_layer_ids` is in vLLM's convention (the layer a tensor enters).
+    vLLM sizes the draft's `fc` from `transformer_layer_config["num_aux_hidden_states"]` and
+    assumes 3 without it, so it is always written.
     """
+    layer_config = {**transformer_layer_config, "num_aux_hidden_states": len(vllm_aux_layer_ids)}
     return {
         "architectures": ["Eagle3Speculator"],
         "model_type": "speculators",
         "speculators_model_type": "eagle3",
         "speculators_version": speculators_version,
-        "transformer_layer_config": transformer_layer_config,
+        "transformer_layer_config": layer_config,
         "draft_vocab_size": draft_vocab_size,
         "target_hidden_size": target_hidden_size,
         "norm_before_residual": True,
@@ -85,18 +88,15 @@ def save_checkpoint(
 ) -> Path:
     """Write a complete checkpoint to `checkpoint_dir`, replacing any older one there.
 
-    `model_state` is saved as bf16 safetensors (floating tensors; d2t/t2d keep their dtype).
+    `model_state` is saved as bf16 safetensors (floating tensors; d2t/t2d keep their dtype),
+    as vLLM loads it (`served_weights`).
     """
     from safetensors.torch import save_file
 
     checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{checkpoint_dir.name}.", dir=checkpoint_dir.parent))
     try:
-        weights = {
-            name: (t.to(torch.bfloat16) if t.is_floating_point() else t).detach().cpu().contiguous()
-            for name, t in model_state.items()
-        }
-        save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_file(served_weights(model_state, config), str(tmp / WEIGHTS_FILE), {"format": "pt"})
         atomic_write_json(tmp / CONFIG_FILE, config)
         for name, state in (
             (OPTIMIZER_FILE, optimizer_state),
@@ -116,6 +116,22 @@ def save_checkpoint(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return checkpoint_dir
+
+
+def full_vocab(config: Mapping[str, Any]) -> bool:
+    """Whether the draft proposes over the verifier's whole vocabulary (no d2t/t2d needed)."""
+    return bool(config["draft_vocab_size"] == config["transformer_layer_config"]["vocab_size"])
+
+
+def served_weights(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict:
+    """model.safetensors as vLLM loads it: bf16 weights; d2t and t2d only when the draft vocab
+    is a subset (vLLM >= 0.33 has no d2t parameter for a full-vocab draft and refuses one)."""
+    skip = {"d2t", "t2d"} if full_vocab(config) else set()
+    return {
+        name: (t.to(torch.bfloat16) if t.is_floating_point() else t).detach().cpu().contiguous()
+        for name, t in state.items()
+        if name not in skip
+    }
 
 
 def is_complete_checkpoint(path: Path) -> bool:
@@ -182,6 +198,9 @@ def load_draft(checkpoint_dir: Path, device: str | torch.device = "cpu") -> tupl
             f"{weights_path}: cannot read the draft weights ({e.__class__.__name__}: {e})."
         ) from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    if full_vocab(config):  # the identity mapping is not stored (served_weights)
+        state.setdefault("d2t", torch.zeros(config["draft_vocab_size"], dtype=torch.long))
+        state.setdefault("t2d", torch.ones(config["draft_vocab_size"], dtype=torch.bool))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserInputError(

@@ -64,12 +64,12 @@ def expected_shapes(num_layers: int) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def save_tiny(tmp_path, num_layers=1, layer_ids=(1, 2, 3, 5)):
+def save_tiny(tmp_path, num_layers=1, layer_ids=(1, 2, 3, 5), draft_vocab=VD):
     layer_config = draft_layer_config(verifier_config(), num_layers)
-    model = Eagle3Draft(layer_config, VD)
+    model = Eagle3Draft(layer_config, draft_vocab, num_aux_layers=len(layer_ids) - 1)
     config = speculators_config(
         transformer_layer_config=layer_config_dict(layer_config),
-        draft_vocab_size=VD,
+        draft_vocab_size=draft_vocab,
         target_hidden_size=H,
         vllm_aux_layer_ids=to_vllm_aux_layer_ids(list(layer_ids)),
         verifier_name_or_path="some/verifier",
@@ -115,6 +115,34 @@ def test_config_json_is_the_speculators_format_with_vllm_layer_ids(tmp_path):
     layer = config["transformer_layer_config"]
     assert (layer["hidden_size"], layer["num_hidden_layers"], layer["vocab_size"]) == (H, 1, V)
     assert layer["head_dim"] == HD and layer["num_key_value_heads"] == NKV
+    # vLLM sizes fc from this key and assumes 3 without it
+    assert layer["num_aux_hidden_states"] == 3
+
+
+def test_a_four_aux_layer_draft_says_so_for_vllm(tmp_path):
+    model, path = save_tiny(tmp_path, layer_ids=(2, 9, 16, 27, 29))
+    config = json.loads((path / "config.json").read_text())
+    assert config["transformer_layer_config"]["num_aux_hidden_states"] == 4
+    assert config["eagle_aux_hidden_state_layer_ids"] == [3, 10, 17, 28]
+    assert model.fc.weight.shape == (H, 4 * H)
+    loaded, _ = load_draft(path)
+    assert loaded.fc.weight.shape == (H, 4 * H)
+
+
+def test_a_full_vocab_draft_is_saved_without_d2t_and_t2d(tmp_path):
+    """vLLM >= 0.33 has no d2t parameter when the draft vocab is the whole target vocab and
+    refuses a checkpoint that carries one; our loader restores the identity mapping."""
+    model, path = save_tiny(tmp_path, draft_vocab=V)
+    model.t2d.fill_(True)
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        assert "d2t" not in f.keys() and "t2d" not in f.keys()  # noqa: SIM118
+        assert tuple(f.get_slice("lm_head.weight").get_shape()) == (V, H)
+    loaded, _ = load_draft(path)
+    assert torch.equal(loaded.d2t, torch.zeros(V, dtype=torch.long))
+    assert bool(loaded.t2d.all()) and loaded.t2d.shape == (V,)
+    _, subset = save_tiny(tmp_path / "subset")
+    with safe_open(str(subset / "model.safetensors"), framework="pt") as f:
+        assert {"d2t", "t2d"} <= set(f.keys())  # noqa: SIM118
 
 
 def test_load_draft_round_trips_weights_and_config(tmp_path):
