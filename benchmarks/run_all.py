@@ -29,6 +29,8 @@ GPU = [
                  "--length-mix", "sharegpt"]),
     ("datagen batching", ["bench_datagen_batching.py", "--config", "llama-3.1-8b",
                           "--num-samples", "1024"]),
+    ("datagen vllm", ["bench_datagen_vllm.py", "--config", "llama-3.1-8b", "--num-samples", "1024",
+                      "--seq-length", "2048", "--batch-size", "16"]),
     ("train 8192", ["bench_train.py", "--config", "llama-3.1-8b", "--total-seq-len", "8192",
                     "--steps", "10"]),
     ("train 16384", ["bench_train.py", "--config", "llama-3.1-8b", "--total-seq-len", "16384",

@@ -49,9 +49,15 @@ def resolve_layer_ids(layer_ids: Sequence[int] | None, num_layers: int) -> list[
     return ids
 
 
+def to_vllm_layer_ids(layer_ids: Sequence[int]) -> list[int]:
+    """Our ids -> vLLM's names for the same tensors (the layer each enters). The last layer's
+    output enters no layer; vLLM still accepts its number n as "after the last layer"."""
+    return [i + 1 for i in layer_ids]
+
+
 def to_vllm_aux_layer_ids(layer_ids: Sequence[int]) -> list[int]:
     """Our ids (aux layers then last) -> vLLM's `eagle_aux_hidden_state_layer_ids` (aux + 1)."""
-    return [i + 1 for i in layer_ids[:-1]]
+    return to_vllm_layer_ids(layer_ids[:-1])
 
 
 def from_vllm_aux_layer_ids(vllm_ids: Sequence[int]) -> list[int]:

@@ -61,9 +61,9 @@ class DatagenConfig(StrictModel):
     )
     no_compile: bool = Field(
         False,
-        description="transformers backend on GPUs: run the verifier's decoder layers eagerly "
-        "instead of torch.compile'd (compiling fuses their element-wise work, about 1.2x faster, "
-        "for ~20-40 s before the first batches).",
+        description="Run the verifier eagerly: transformers backend on GPUs, its decoder layers "
+        "without torch.compile (compiling is about 1.2x faster, for ~20-40 s before the first "
+        "batches); vllm backend, `enforce_eager` (no compile, no CUDA graphs).",
     )
     gpu_memory_utilization: float = Field(
         0.8, gt=0, le=1, description="Share of GPU memory vllm may use (vllm backend only)."

@@ -1,29 +1,32 @@
-"""The vllm backend's pure parts: engine arguments, the fused-residual sum, reassembly of vLLM's
-flattened batches, request checks. No vLLM needed (nor faked); the parity test needs a GPU."""
+"""The vllm backend without vLLM: engine arguments, the layer-id mapping vLLM's export uses, the
+reading of the connector's files, and the driver's checks (with a stand-in engine that writes
+files in the connector's documented format). The parity test against HF needs a GPU."""
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import io
+import os
 import shutil
+import types
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from speculators.artifacts.layer_ids import from_vllm_aux_layer_ids, to_vllm_aux_layer_ids
+from speculators.artifacts.layer_ids import to_vllm_layer_ids
 from speculators.config import DatagenConfig
+from speculators.datagen.backends import vllm as backend_mod
 from speculators.datagen.backends.vllm import (
-    WORKER_EXTENSION,
     VllmBackend,
+    capture_order,
     engine_kwargs,
-    match_requests,
+    read_capture,
     scratch_dir,
-    split_steps,
-    to_samples,
-    vllm_version_supported,
 )
-from speculators.datagen.backends.vllm_worker import combine_layer_output
+from speculators.errors import UserInputError
+from speculators.models import vllm as engine
 
 
 def settings(**overrides) -> DatagenConfig:
@@ -35,34 +38,40 @@ def settings(**overrides) -> DatagenConfig:
 
 
 def test_engine_kwargs_map_the_flags():
-    kw = engine_kwargs(settings(tensor_parallel_size=4, gpu_memory_utilization=0.6))
+    kw = engine_kwargs(settings(tensor_parallel_size=4, gpu_memory_utilization=0.6), [3], "/x")
     assert kw["model"] == "/models/llama"
     assert kw["max_model_len"] == 2048 + 1  # --seq-length default
     assert kw["tensor_parallel_size"] == 4
     assert kw["gpu_memory_utilization"] == 0.6
-    assert kw["distributed_executor_backend"] == "mp"  # captures travel through local files
-    assert "distributed_executor_backend" not in engine_kwargs(settings())
+    assert kw["dtype"] == "bfloat16"
+    assert kw["enforce_eager"] is False  # compiled unless --no-compile
+    assert engine_kwargs(settings(no_compile=True), [3], "/x")["enforce_eager"] is True
+
+
+def test_engine_kwargs_ask_for_the_supported_hidden_state_export():
+    kw = engine_kwargs(settings(), [3, 17, 30, 32], "/dev/shm/x")
+    spec = kw["speculative_config"]
+    assert spec["method"] == "extract_hidden_states"
+    assert spec["num_speculative_tokens"] == 1
+    assert spec["draft_model_config"]["hf_config"]["eagle_aux_hidden_state_layer_ids"] == [
+        3, 17, 30, 32,
+    ]  # fmt: skip
+    kv = kw["kv_transfer_config"]
+    assert kv["kv_connector"] == "ExampleHiddenStatesConnector"
+    assert kv["kv_role"] == "kv_producer"
+    assert kv["kv_connector_extra_config"] == {"shared_storage_path": "/dev/shm/x"}
 
 
 def test_engine_kwargs_admit_a_full_length_sample_prefilled_whole():
     s = settings(seq_length=4096, batch_size=16)
-    kw = engine_kwargs(s)
+    kw = engine_kwargs(s, [1], "/x")
     # vLLM refuses a prompt of max_model_len tokens: one position is left for the output token.
     assert kw["max_model_len"] == s.seq_length + 1
-    # A whole batch of full-length prompts fits one step's token budget, so none is chunked.
+    # A whole batch of full-length prompts fits one step's token budget.
     assert kw["max_num_batched_tokens"] >= s.batch_size * kw["max_model_len"]
-    assert kw["max_num_seqs"] == s.batch_size <= kw["max_num_batched_tokens"]
-    assert kw["enable_chunked_prefill"] is False
-    assert kw["enable_prefix_caching"] is False  # a cached prefix would never be recomputed
-    assert kw["enforce_eager"] is True  # Python hooks do not run inside CUDA graphs
-    assert kw["async_scheduling"] is False
-
-
-def test_worker_extension_is_importable_by_its_qualified_name():
-    module, _, cls_name = WORKER_EXTENSION.rpartition(".")
-    cls = getattr(importlib.import_module(module), cls_name)
-    for method in ("speculators_install", "speculators_record", "speculators_collect"):
-        assert callable(getattr(cls, method))
+    assert kw["max_num_seqs"] == s.batch_size
+    assert kw["enable_chunked_prefill"] is False  # the export requires it
+    assert kw["enable_prefix_caching"] is False  # reruns reproduce the files exactly
 
 
 def test_scratch_dir_uses_shared_memory_only_when_it_has_room(tmp_path):
@@ -72,31 +81,13 @@ def test_scratch_dir_uses_shared_memory_only_when_it_has_room(tmp_path):
     assert scratch_dir(1, shm=str(tmp_path / "absent")) is None
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
-def test_missing_vllm_is_a_user_error_naming_the_install():
-    from speculators.errors import UserInputError
-
-    with pytest.raises(UserInputError, match=r"pip install 'speculators\[datagen\]'"):
-        VllmBackend(settings(), [1, 2, 3, 5])
+# ---- the layer-id convention as vLLM's export names it ----------------------------------------
 
 
-@pytest.mark.parametrize(
-    "version, ok",
-    [
-        ("0.11.0", True),
-        ("0.11.2", True),
-        ("0.12.0+cu129", True),
-        ("0.10.2", False),
-        ("0.13.0", False),
-        ("1.0.0", False),
-        ("dev", False),
-    ],
-)
-def test_supported_version_range(version, ok):
-    assert vllm_version_supported(version) is ok
-
-
-# ---- the fused residual and the layer-id convention -------------------------------------------
+def test_capture_order_asks_vllm_in_layer_order_and_maps_back():
+    assert capture_order([2, 16, 29, 31]) == ([3, 17, 30, 32], [0, 1, 2, 3])
+    # vLLM collects aux states in layer order whatever the order asked; ours may differ
+    assert capture_order([29, 2, 16, 31]) == ([3, 17, 30, 32], [2, 0, 1, 3])
 
 
 @pytest.fixture(scope="module")
@@ -115,183 +106,200 @@ def hf_llama():
     return LlamaForCausalLM(config).eval()
 
 
-def _fused_residual_view(model, input_ids):
-    """Run HF Llama and read each layer as vLLM returns it: (mlp output, residual stream
-    before the MLP add), plus HF's hidden states and the tensor entering each layer."""
-    layers = model.model.layers
-    parts: dict[int, dict[str, torch.Tensor]] = {i: {} for i in range(len(layers))}
-    handles = []
-    for i, layer in enumerate(layers):
-        handles += [
-            layer.post_attention_layernorm.register_forward_hook(
-                lambda m, a, o, i=i: parts[i].__setitem__("residual", a[0].clone())
-            ),
-            layer.mlp.register_forward_hook(
-                lambda m, a, o, i=i: parts[i].__setitem__("hidden", o.clone())
-            ),
-            layer.register_forward_pre_hook(
-                lambda m, a, kw, i=i: parts[i].__setitem__(
-                    "entering", (a[0] if a else kw["hidden_states"]).clone()
-                ),
-                with_kwargs=True,
-            ),
-            layer.register_forward_hook(
-                lambda m, a, o, i=i: parts[i].__setitem__(
-                    "output", (o[0] if isinstance(o, tuple) else o).clone()
-                )
-            ),
-        ]
+def _vllm_export(model, input_ids, vllm_ids):
+    """What vLLM's Llama forward collects for `vllm_ids`, written from its documented rule
+    (`_maybe_add_hidden_state`): id 0 is the embedding, id j >= 1 is `hidden + residual` after
+    layer j - 1 ran, i.e. before the final norm (id n: the last layer's output, unnormalised)."""
+    outputs: dict[int, torch.Tensor] = {}
+    handles = [
+        layer.register_forward_hook(
+            lambda m, a, o, j=j + 1: outputs.__setitem__(j, o[0] if isinstance(o, tuple) else o)
+        )
+        for j, layer in enumerate(model.model.layers)
+    ]
     with torch.no_grad():
-        hf_states = model(input_ids, output_hidden_states=True).hidden_states
+        hf = model(input_ids, output_hidden_states=True).hidden_states
     for h in handles:
         h.remove()
-    return parts, hf_states
+    outputs[0] = hf[0]
+    return [outputs[j][0] for j in vllm_ids], hf
 
 
-def test_layer_output_is_hidden_plus_residual(hf_llama):
+def test_our_ids_are_the_tensors_vllm_exports_under_the_mapped_ids(hf_llama):
     ids = torch.randint(0, 64, (1, 9))
-    parts, hf_states = _fused_residual_view(hf_llama, ids)
-    n = len(parts)
-    for i in range(n):
-        ours = combine_layer_output((parts[i]["hidden"], parts[i]["residual"]))
-        # id i = HF hidden_states[i + 1], except the last layer, stored before the final norm
-        expected = parts[i]["output"] if i == n - 1 else hf_states[i + 1]
-        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
-    # Neither half alone is the layer output.
-    assert not torch.allclose(parts[1]["hidden"], hf_states[2], atol=1e-3)
-    assert not torch.allclose(parts[1]["residual"], hf_states[2], atol=1e-3)
+    ours = [0, 2, 3, 4]  # aux layers, then the last of 5
+    wanted, order = capture_order(ours)
+    assert wanted == to_vllm_layer_ids(ours) == [1, 3, 4, 5]
+    exported, hf = _vllm_export(hf_llama, ids, wanted)
+    got = [exported[j] for j in order]
+    n = len(hf_llama.model.layers)
+    for our_id, tensor in zip(ours, got):
+        if our_id < n - 1:  # SPEC §2: HF hidden_states[i + 1]
+            torch.testing.assert_close(tensor, hf[our_id + 1][0])
+            assert not torch.allclose(tensor, hf[our_id][0], atol=1e-3)  # not its neighbour
+    # the last: before the final norm, which HF's last hidden state is after
+    assert not torch.allclose(got[-1], hf[n][0], atol=1e-3)
+    torch.testing.assert_close(hf_llama.model.norm(got[-1]), hf[n][0])
 
 
-def test_our_id_is_the_tensor_entering_vllm_aux_layer(hf_llama):
-    ids = torch.randint(0, 64, (1, 7))
-    parts, _ = _fused_residual_view(hf_llama, ids)
-    ours = [0, 2, 3, 4]  # aux layers, then the last layer
-    vllm_aux = to_vllm_aux_layer_ids(ours)
-    assert vllm_aux == [1, 3, 4]
-    assert from_vllm_aux_layer_ids(vllm_aux) == ours[:-1]
-    for our_id, vllm_id in zip(ours, vllm_aux):
-        captured = combine_layer_output((parts[our_id]["hidden"], parts[our_id]["residual"]))
-        torch.testing.assert_close(captured, parts[vllm_id]["entering"], rtol=1e-5, atol=1e-6)
-        # and not its neighbour (the off-by-one that ruins a served draft)
-        assert not torch.allclose(captured, parts[our_id]["entering"], atol=1e-3)
+# ---- the connector's files ----------------------------------------------------------------------
 
 
-def test_combined_output_survives_the_next_layers_in_place_norm():
-    hidden, residual = torch.randn(4, 8), torch.randn(4, 8)
-    expected = hidden + residual
-    out = combine_layer_output((hidden, residual))
-    residual += hidden  # what vLLM's fused add+RMSNorm does to the tensors afterwards
-    hidden.zero_()
-    torch.testing.assert_close(out, expected)
+def _write_export(path: Path, token_ids: list[int], states: torch.Tensor, lock: bool = True):
+    """A file as vLLM's ExampleHiddenStatesConnector writes it: hidden_states [n, k, H] in the
+    model dtype, token_ids [n], and a companion lock file."""
+    save_file({"hidden_states": states, "token_ids": torch.tensor(token_ids)}, str(path))
+    if lock:
+        Path(str(path) + ".lock").touch()
 
 
-def test_combine_without_residual_or_tuple():
-    x = torch.randn(3, 4)
-    assert combine_layer_output((x, None)) is x
-    assert combine_layer_output(x) is x
-
-
-# ---- reassembly of the flattened batch ---------------------------------------------------------
-
-NUM_LAYERS, HIDDEN = 3, 5
-
-
-def _requests(lengths: dict[str, int], seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    prompts = {r: torch.randint(0, 1000, (n,), generator=g).tolist() for r, n in lengths.items()}
-    states = {r: torch.randn(NUM_LAYERS, n, HIDDEN, generator=g) for r, n in lengths.items()}
-    return prompts, states
-
-
-def _step(order, prompts, states, padding=0):
-    """A step as vLLM's runner lays it out: requests' whole prompts back to back."""
-    return {
-        "req_ids": list(order),
-        "positions": torch.cat(
-            [torch.arange(len(prompts[r])) for r in order]
-            + [torch.zeros(padding, dtype=torch.long)]
-        ),
-        "input_ids": torch.cat(
-            [torch.tensor(prompts[r]) for r in order] + [torch.zeros(padding, dtype=torch.long)]
-        ),
-        "hidden": torch.cat(
-            [states[r] for r in order] + [torch.randn(NUM_LAYERS, padding, HIDDEN)], dim=1
-        ),
-    }
-
-
-def test_split_steps_recovers_each_request_across_steps_and_orders():
-    prompts, states = _requests({"0": 5, "1": 1, "2": 8, "3": 3})
-    steps = [_step(["2", "0"], prompts, states), _step(["3", "1"], prompts, states, padding=4)]
-    out = split_steps(steps, prompts)
-    assert set(out) == set(prompts)
-    for r in prompts:
-        assert torch.equal(out[r], states[r])
-
-
-def test_split_steps_keeps_the_last_capture_of_a_recomputed_request():
-    prompts, states = _requests({"0": 4, "1": 2})
-    _, stale = _requests({"0": 4}, seed=1)
-    steps = [_step(["0"], prompts, {"0": stale["0"]}), _step(["1", "0"], prompts, states)]
-    assert torch.equal(split_steps(steps, prompts)["0"], states["0"])
-
-
-def test_split_steps_refuses_a_chunked_prompt():
-    prompts, states = _requests({"0": 6, "1": 3})
-    step = _step(["0", "1"], prompts, states)
-    # request 0's second chunk (positions 3..5) as chunked prefill would schedule it
-    chunk = {k: v[..., 3:6] if k != "req_ids" else ["0"] for k, v in step.items()}
-    with pytest.raises(RuntimeError, match="not prefilled whole"):
-        split_steps([chunk], prompts)
-
-
-def test_split_steps_refuses_other_token_ids():
-    prompts, states = _requests({"0": 4, "1": 3})
-    step = _step(["0", "1"], prompts, states)
-    step["input_ids"][5] += 1
-    with pytest.raises(RuntimeError, match="other token ids"):
-        split_steps([step], prompts)
-
-
-def test_split_steps_refuses_foreign_missing_and_short_steps():
-    prompts, states = _requests({"0": 4, "1": 3})
-    with pytest.raises(RuntimeError, match="not ours"):
-        split_steps([_step(["0", "1"], prompts, states)], {"0": prompts["0"]})
-    with pytest.raises(RuntimeError, match=r"no hidden states for requests \['1'\]"):
-        split_steps([_step(["0"], prompts, states)], prompts)
-    short = _step(["0", "1"], prompts, states)
-    short = {k: v[..., :6] if k != "req_ids" else v for k, v in short.items()}
-    with pytest.raises(RuntimeError):
-        split_steps([short], prompts)
-
-
-def test_match_requests_checks_every_prompt():
-    batch = [[5, 6, 7], [8], [9, 10]]
-    returned = [("10", [5, 6, 7]), ("11", [8]), ("12", [9, 10])]
-    assert match_requests(returned, batch) == {"10": 0, "11": 1, "12": 2}
-    with pytest.raises(RuntimeError, match="differ"):
-        match_requests([("10", [5, 6, 7]), ("11", [9, 10]), ("12", [8])], batch)
-    with pytest.raises(RuntimeError, match="2 outputs for 3 prompts"):
-        match_requests(returned[:2], batch)
-
-
-def test_to_samples_orders_by_batch_and_stores_compact_bf16():
-    states = {"a": torch.randn(NUM_LAYERS, 4, HIDDEN), "b": torch.randn(NUM_LAYERS, 2, HIDDEN)}
-    step = torch.cat([states["b"], states["a"]], dim=1)  # one big step tensor, sliced per request
-    per_request = {"b": step[:, :2], "a": step[:, 2:]}
-    samples = to_samples(per_request, {"a": 0, "b": 1})
-    assert [len(s) for s in samples] == [NUM_LAYERS, NUM_LAYERS]
-    for i, r in enumerate(["a", "b"]):
-        for layer in range(NUM_LAYERS):
-            t = samples[i][layer]
-            assert t.dtype == torch.bfloat16 and t.device.type == "cpu"
-            torch.testing.assert_close(t, states[r][layer].to(torch.bfloat16))
-
-
-def test_a_saved_sample_holds_its_own_rows_not_the_whole_step():
-    step = torch.randn(NUM_LAYERS, 2 + 500, 64, dtype=torch.bfloat16)  # short beside long
-    samples = to_samples({"short": step[:, :2], "long": step[:, 2:]}, {"short": 0, "long": 1})
+def test_read_capture_reorders_checks_and_removes(tmp_path):
+    states = torch.randn(6, 3, 8).to(torch.bfloat16)
+    path = tmp_path / "req-1.safetensors"
+    _write_export(path, [5, 6, 7, 8, 9, 10], states)
+    got = read_capture(str(path), [5, 6, 7, 8, 9, 10], [2, 0, 1])
+    assert [t.shape for t in got] == [(6, 8)] * 3 and got[0].dtype == torch.bfloat16
+    torch.testing.assert_close(got[0], states[:, 2])
+    torch.testing.assert_close(got[1], states[:, 0])
+    assert not path.exists() and not Path(str(path) + ".lock").exists()
+    # each layer owns its storage: a saved sample does not carry the other layers' rows
     buf = io.BytesIO()
-    torch.save(samples[0], buf)
-    assert samples[0][0].untyped_storage().nbytes() == 2 * 64 * 2
-    assert buf.tell() < 10_000  # the whole step would be ~190 kB
+    torch.save(got[0], buf)
+    assert got[0].untyped_storage().nbytes() == 6 * 8 * 2
+
+
+def test_read_capture_refuses_other_tokens_and_shapes(tmp_path):
+    path = tmp_path / "a.safetensors"
+    _write_export(path, [1, 2, 3], torch.zeros(3, 2, 4))
+    with pytest.raises(RuntimeError, match="differ"):
+        read_capture(str(path), [1, 2, 4], [0, 1])
+    _write_export(path, [1, 2, 3], torch.zeros(3, 4))
+    with pytest.raises(RuntimeError, match="shape"):
+        read_capture(str(path), [1, 2, 3], [0])
+    with pytest.raises(RuntimeError, match="cannot be read"):
+        read_capture(str(tmp_path / "missing.safetensors"), [1], [0])
+
+
+# ---- the driver, on a stand-in engine ----------------------------------------------------------
+
+
+class FakeLLM:
+    """Stands in for vllm.LLM with the export configured: per prompt, a file of 'hidden states'
+    that encode (prompt position, token, vLLM layer id), so any mix-up shows."""
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self.storage = kwargs["kv_transfer_config"]["kv_connector_extra_config"][
+            "shared_storage_path"
+        ]
+        self.layers = kwargs["speculative_config"]["draft_model_config"]["hf_config"][
+            "eagle_aux_hidden_state_layer_ids"
+        ]
+        self.calls = 0
+        self.tamper = None
+
+    def generate(self, prompts, sampling, use_tqdm=False):
+        outs = []
+        for p in prompts:
+            self.calls += 1
+            ids = p["prompt_token_ids"]
+            path = os.path.join(self.storage, f"{self.calls}-abcd1234.safetensors")
+            states = expected_states(ids, self.layers)
+            _write_export(Path(path), self.tamper(ids) if self.tamper else ids, states)
+            outs.append(
+                types.SimpleNamespace(
+                    prompt_token_ids=list(ids), kv_transfer_params={"hidden_states_path": path}
+                )
+            )
+        return outs
+
+
+def expected_states(ids, vllm_layers, hidden=4):
+    n = len(ids)
+    pos = torch.arange(n, dtype=torch.float32)[:, None, None]
+    tok = torch.tensor(ids, dtype=torch.float32)[:, None, None]
+    layer = torch.tensor(vllm_layers, dtype=torch.float32)[None, :, None]
+    return (pos + 1000 * layer + tok / 100 + torch.zeros(1, 1, hidden)).to(torch.bfloat16)
+
+
+@pytest.fixture
+def fake_backend(monkeypatch, tiny_llama, tmp_path):
+    fake_vllm = types.SimpleNamespace(
+        __version__="0.26.0",
+        LLM=FakeLLM,
+        SamplingParams=lambda **kw: kw,
+    )
+    monkeypatch.setattr(engine, "import_vllm", lambda flag: fake_vllm)
+    monkeypatch.setattr(engine, "require_gpu", lambda flag, alternative: None)
+    monkeypatch.setattr(backend_mod, "_gpu_name", lambda: "fake GPU")
+    monkeypatch.setattr(backend_mod, "scratch_dir", lambda need: str(tmp_path))
+    config = settings(target_model_path=str(tiny_llama), batch_size=2)
+    backend = VllmBackend(config, [3, 1, 2, 5])  # unsorted on purpose
+    yield backend
+    backend.close()
+
+
+def test_fake_engine_captures_in_our_layer_order(fake_backend):
+    batch = [[5, 6, 7], [8], [9, 10, 11, 12]]
+    got = fake_backend.capture(batch)
+    ours = [3, 1, 2, 5]
+    for ids, sample in zip(batch, got):
+        assert len(sample) == len(ours)
+        for our_id, tensor in zip(ours, sample):
+            want = expected_states(ids, [our_id + 1])[:, 0]  # vLLM id = ours + 1
+            torch.testing.assert_close(tensor, want)
+    assert os.listdir(fake_backend._tmp) == []  # every file read and removed
+
+
+def test_fake_engine_launch_equals_capture(fake_backend):
+    batches = [[[1, 2, 3], [4]], [[5, 6]], [[7, 8, 9, 10], [11, 12]]]
+    pending = [fake_backend.launch(b) for b in batches]
+    launched = [p.wait() for p in pending]
+    for p in pending:
+        p.release()
+    for b, got in zip(batches, launched):
+        for a, c in zip(got, fake_backend.capture(b)):
+            assert all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_fake_engine_wrong_tokens_are_refused_with_the_version(fake_backend):
+    fake_backend._llm.tamper = lambda ids: [i + 1 for i in ids]
+    with pytest.raises(UserInputError, match=r"--backend vllm: vLLM 0\.26\.0 returned hidden"):
+        fake_backend.capture([[1, 2, 3]])
+
+
+def test_engine_failure_is_one_message(fake_backend):
+    def boom(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    fake_backend._llm.generate = boom
+    with pytest.raises(UserInputError, match=r"vLLM 0\.26\.0 failed on a batch.*--batch-size"):
+        fake_backend.capture([[1, 2]])
+
+
+# ---- versions and installs ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "version, parsed",
+    [("0.26.0", (0, 26)), ("0.33.0+cu130", (0, 33)), ("1.2", (1, 2)), ("dev", None)],
+)
+def test_parse_version(version, parsed):
+    assert engine.parse_version(version) == parsed
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
+def test_missing_vllm_is_a_user_error_naming_the_install():
+    with pytest.raises(UserInputError, match=r"pip install 'speculators\[datagen\]'"):
+        VllmBackend(settings(), [1, 2, 3, 5])
+
+
+def test_too_old_vllm_is_refused(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(__version__="0.12.0"))
+    with pytest.raises(UserInputError, match=r"vllm 0\.12\.0 is too old.*>=0\.26"):
+        engine.import_vllm("--backend vllm")
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(__version__="0.40.1"))
+    with pytest.warns(UserWarning, match="newer than the tested range"):
+        engine.import_vllm("--backend vllm")
