@@ -10,7 +10,11 @@ import numpy as np
 
 
 def make_draft_checkpoint(
-    verifier_dir: Path, out: Path, layer_ids: list[int] | None = None, speculative_tokens: int = 3
+    verifier_dir: Path,
+    out: Path,
+    layer_ids: list[int] | None = None,
+    speculative_tokens: int = 3,
+    full_vocab: bool = False,
 ) -> Path:
     import torch
     from transformers import AutoConfig
@@ -24,7 +28,7 @@ def make_draft_checkpoint(
     ids = resolve_layer_ids(layer_ids, vconfig.num_hidden_layers)
     # Draft vocab = the even target ids: exercises d2t (target = draft + d2t[draft]).
     t2d = np.zeros(vconfig.vocab_size, dtype=bool)
-    t2d[::2] = True
+    t2d[:: 1 if full_vocab else 2] = True
     d2t = np.flatnonzero(t2d) - np.arange(int(t2d.sum()))
     torch.manual_seed(0)
     model = Eagle3Draft(draft_layer_config(vconfig, 1), int(t2d.sum()), len(ids) - 1)

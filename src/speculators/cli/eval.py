@@ -4,6 +4,8 @@
     # CPU-sized (SmolLM2 verifier from the demo):
     speculators eval ./speculators-demo/checkpoints/2 --num-prompts 5 --max-new-tokens 64 \\
         --output-dir ./eval
+    # in vLLM (GPU): acceptance from vLLM's counters, speedup against the verifier alone
+    speculators eval ./checkpoints/9 --engine vllm --num-prompts 50 --max-new-tokens 256
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ from speculators.config import EvalConfig
 
 def results_table(metrics: dict) -> Table:
     """The eval numbers as vLLM reports them (shared with `speculators pipeline`)."""
-    table = Table(
-        title="speculative decoding (offline, verifier in transformers)", show_header=False
-    )
+    where = "vLLM" if metrics.get("engine") == "vllm" else "offline, verifier in transformers"
+    table = Table(title=f"speculative decoding ({where})", show_header=False)
     table.add_row("mean acceptance length", f"{metrics['mean_acceptance_length']:.3f}")
     rates = " ".join(f"{r:.3f}" for r in metrics["per_position_acceptance_rate"])
     table.add_row("per-position acceptance rate", rates)
@@ -39,6 +40,16 @@ def results_table(metrics: dict) -> Table:
     table.add_row(
         "time", f"{metrics['seconds']:.1f} s ({metrics['tokens_per_second']:.1f} tokens/s)"
     )
+    if "speedup" in metrics:
+        table.add_row(
+            "speedup (output tokens/s)",
+            f"{metrics['speedup']:.2f}x ({metrics['speculative_tokens_per_second']:.1f} vs "
+            f"{metrics['baseline_tokens_per_second']:.1f} without the draft)",
+        )
+        table.add_row(
+            "greedy outputs identical",
+            f"{metrics['greedy_outputs_identical']} of {metrics['greedy_outputs_compared']}",
+        )
     for note in metrics.get("notes", []):
         table.add_row("note", note)
     return table
@@ -59,6 +70,10 @@ def eval_command(
     output_dir: Path = option(EvalConfig, "output_dir"),
     device: str = option(EvalConfig, "device"),
     dtype: str = option(EvalConfig, "dtype"),
+    engine: str = option(EvalConfig, "engine"),
+    concurrency: int = option(EvalConfig, "concurrency"),
+    tensor_parallel_size: int = option(EvalConfig, "tensor_parallel_size"),
+    gpu_memory_utilization: float = option(EvalConfig, "gpu_memory_utilization"),
 ) -> None:
     """Measure a draft's acceptance length offline: speculative decoding against its verifier."""
     config = build(EvalConfig, **dict(locals()))

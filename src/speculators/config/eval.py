@@ -52,6 +52,22 @@ class EvalConfig(StrictModel):
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
         "auto", description="Verifier and draft compute dtype (auto: bf16 on GPU, fp32 on CPU)."
     )
+    engine: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="hf: chain speculative decoding in this process (CPU or GPU). vllm: the "
+        "verifier in vLLM with the draft as its EAGLE-3 speculator and without it, on the same "
+        "prompts: vLLM's own acceptance counters and the measured speedup (GPU).",
+    )
+    concurrency: int = Field(
+        1,
+        gt=0,
+        description="vllm engine: requests decoded at once (vLLM's max_num_seqs). 1 measures the "
+        "latency speedup, where speculative decoding gains most.",
+    )
+    tensor_parallel_size: int = Field(1, gt=0, description="vllm engine: GPUs for the verifier.")
+    gpu_memory_utilization: float = Field(
+        0.8, gt=0, le=1, description="vllm engine: share of GPU memory vLLM may use."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
@@ -59,5 +75,19 @@ class EvalConfig(StrictModel):
             raise ValueError(
                 f"--temperature {self.temperature} is too close to 0 for stable sampling; use 0 "
                 "for greedy decoding or a value of at least 0.001."
+            )
+        if self.engine == "hf":
+            vllm_only = ("concurrency", "tensor_parallel_size", "gpu_memory_utilization")
+            fields = type(self).model_fields
+            changed = [n for n in vllm_only if getattr(self, n) != fields[n].default]
+            if changed:
+                raise ValueError(
+                    f"--{changed[0].replace('_', '-')} applies to --engine vllm only; add "
+                    "--engine vllm or drop the flag."
+                )
+        elif self.device == "cpu" or self.dtype not in ("auto", "bfloat16"):
+            raise ValueError(
+                "--engine vllm runs the verifier and draft in bf16 on CUDA GPUs; drop --device "
+                "and --dtype, or use --engine hf."
             )
         return self

@@ -1,5 +1,6 @@
-"""`speculators eval` core: load the draft through the user's loader, check it against the
-verifier, decode the prompts speculatively and write the acceptance numbers vLLM reports."""
+"""`speculators eval` core: check the draft against the verifier, decode the prompts
+speculatively (in this process, `--engine hf`, or in vLLM, `--engine vllm`) and write the
+acceptance numbers vLLM reports."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from speculators.artifacts.atomic import atomic_write_json, atomic_write_text
-from speculators.artifacts.checkpoint import load_draft
+from speculators.artifacts.checkpoint import load_draft, load_draft_config
 from speculators.artifacts.layer_ids import from_vllm_aux_layer_ids
 from speculators.config.eval import EvalConfig
 from speculators.devices import resolve_device
@@ -43,10 +44,13 @@ class EvalResult:
     results_path: Path
     generations_path: Path
     notes: list[str] = field(default_factory=list)
+    engine: str = "hf"
+    comparison: dict[str, Any] | None = None  # --engine vllm: speedup and output agreement
 
     def to_json(self) -> dict[str, Any]:
         s = self.stats
         return {
+            "engine": self.engine,
             "mean_acceptance_length": s.mean_acceptance_length,
             "per_position_acceptance_rate": s.per_position_acceptance_rate,
             "draft_acceptance_rate": s.draft_acceptance_rate,
@@ -65,6 +69,7 @@ class EvalResult:
             "checkpoint_dir": str(self.checkpoint_dir),
             "verifier": self.verifier,
             "notes": self.notes,
+            **(self.comparison or {}),
         }
 
 
@@ -116,36 +121,66 @@ def check_embeddings(checkpoint: Path, verifier: str, draft: Any, model: Any) ->
         )
 
 
-def _load_verifier(name: str, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
-        model: Any = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except (OSError, ValueError) as e:
         raise UserInputError(
-            f"{VERIFIER_FLAG} {name}: cannot load the model ({describe(e)})."
+            f"{VERIFIER_FLAG} {name}: cannot load its tokenizer ({describe(e)})."
         ) from None
     if not getattr(tokenizer, "chat_template", None):
         raise UserInputError(
             f"{VERIFIER_FLAG} {name}: the tokenizer has no chat template to render prompts with."
         )
-    return model.to(device).eval(), tokenizer
+    return tokenizer
 
 
-def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+def _load_verifier(name: str, dtype: torch.dtype, device: torch.device) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise UserInputError(
+            f"{VERIFIER_FLAG} {name}: cannot load the model ({describe(e)})."
+        ) from None
+    return model.to(device).eval()
+
+
+def stop_token_ids(generation_config: Any, tokenizer: Any) -> set[int]:
+    """The tokens that end a reply: the tokenizer's eos and the generation config's."""
     ids = {tokenizer.eos_token_id}
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = getattr(generation_config, "eos_token_id", None)
     ids.update(eos if isinstance(eos, list) else [eos])
     return {int(i) for i in ids if i is not None}
 
 
-def run_eval(config: EvalConfig, on_progress: ProgressFn | None = None) -> EvalResult:
-    """Speculatively decode `config.num_prompts` prompts and write eval_results.json."""
-    start = time.perf_counter()
-    device = resolve_device(config.device)
-    dtype = DTYPES.get(config.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    draft, draft_config = load_draft(config.checkpoint_dir, device)
+def _generation_config(name: str) -> Any:
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(name)
+    except (OSError, ValueError):  # a model without generation_config.json
+        return None
+
+
+@dataclass
+class _Setup:
+    """What both engines need, checked before either starts."""
+
+    draft_config: dict
+    verifier: str
+    aux_ids: list[int]
+    tokenizer: Any
+    prompts: Any  # PromptSet
+    k: int
+    notes: list[str]
+
+
+def _setup(config: EvalConfig) -> _Setup:
+    draft_config = load_draft_config(config.checkpoint_dir)
     named = draft_config.get("speculators_config", {}).get("verifier", {}).get("name_or_path")
     verifier_name = config.verifier_name_or_path or named
     if not verifier_name:
@@ -154,50 +189,94 @@ def run_eval(config: EvalConfig, on_progress: ProgressFn | None = None) -> EvalR
         )
     vconfig = load_verifier_config(verifier_name, VERIFIER_FLAG)
     aux_ids = check_draft_fits(config.checkpoint_dir, draft_config, verifier_name, vconfig)
-    model, tokenizer = _load_verifier(verifier_name, dtype, device)
-    check_embeddings(config.checkpoint_dir, verifier_name, draft, model)
-    draft = draft.to(dtype)
-    k = config.num_speculative_tokens or _checkpoint_k(draft_config)
+    tokenizer = _load_tokenizer(verifier_name)
     prompts = load_prompts(
         config.data_path, tokenizer, config.num_prompts, config.seed, config.max_prompt_tokens
     )
     notes = [prompts.note] if prompts.note else []
     if len(prompts.prompts) < config.num_prompts:
         notes.append(f"only {len(prompts.prompts)} usable prompts in {config.data_path}")
+    k = config.num_speculative_tokens or _checkpoint_k(draft_config)
+    return _Setup(draft_config, verifier_name, aux_ids, tokenizer, prompts, k, notes)
 
-    verifier, proposer = HFVerifier(model, aux_ids), EagleProposer(draft)
-    stats, generator = DecodeStats(k), as_generator(config.seed)
-    stops = stop_token_ids(model, tokenizer)
-    lines = []
-    try:
-        for i, prompt in enumerate(prompts.prompts):
-            out = speculative_generate(
-                verifier, proposer, prompt.input_ids, config.max_new_tokens, k,
-                config.temperature, stops, generator, stats,
-            )  # fmt: skip
-            record = {"messages": prompt.messages, "output": tokenizer.decode(out)}
-            lines.append(json.dumps({**record, "output_ids": out}))
-            if on_progress is not None:
-                on_progress(i + 1, len(prompts.prompts), stats)
-    finally:
-        verifier.close()
 
+def run_eval(config: EvalConfig, on_progress: ProgressFn | None = None) -> EvalResult:
+    """Speculatively decode `config.num_prompts` prompts and write eval_results.json."""
+    start = time.perf_counter()
+    setup = _setup(config)
+    if config.engine == "vllm":
+        stats, outputs, comparison = _decode_vllm(config, setup)
+    else:
+        stats, outputs = _decode_hf(config, setup, on_progress)
+        comparison = None
+    lines = [
+        json.dumps(
+            {"messages": p.messages, "output": setup.tokenizer.decode(out), "output_ids": out}
+        )
+        for p, out in zip(setup.prompts.prompts, outputs)
+    ]
     out_dir = config.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     result = EvalResult(
         stats=stats,
         checkpoint_dir=config.checkpoint_dir,
-        verifier=verifier_name,
-        num_prompts=len(prompts.prompts),
+        verifier=setup.verifier,
+        num_prompts=len(setup.prompts.prompts),
         temperature=config.temperature,
         seconds=time.perf_counter() - start,
         results_path=out_dir / RESULTS_FILE,
         generations_path=out_dir / GENERATIONS_FILE,
-        notes=notes,
+        notes=setup.notes,
+        engine=config.engine,
+        comparison=comparison,
     )
     atomic_write_text(result.generations_path, "".join(line + "\n" for line in lines))
     atomic_write_json(result.results_path, result.to_json())
     return result
+
+
+def _decode_hf(
+    config: EvalConfig, setup: _Setup, on_progress: ProgressFn | None
+) -> tuple[DecodeStats, list[list[int]]]:
+    """Chain speculative decoding in this process, one prompt at a time."""
+    device = resolve_device(config.device)
+    dtype = DTYPES.get(config.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    draft, _ = load_draft(config.checkpoint_dir, device)
+    model = _load_verifier(setup.verifier, dtype, device)
+    check_embeddings(config.checkpoint_dir, setup.verifier, draft, model)
+    draft = draft.to(dtype)
+    verifier, proposer = HFVerifier(model, setup.aux_ids), EagleProposer(draft)
+    stats, generator = DecodeStats(setup.k), as_generator(config.seed)
+    stops = stop_token_ids(model.generation_config, setup.tokenizer)
+    outputs = []
+    prompts = setup.prompts.prompts
+    try:
+        for i, prompt in enumerate(prompts):
+            out = speculative_generate(
+                verifier, proposer, prompt.input_ids, config.max_new_tokens, setup.k,
+                config.temperature, stops, generator, stats,
+            )  # fmt: skip
+            outputs.append(out)
+            if on_progress is not None:
+                on_progress(i + 1, len(prompts), stats)
+    finally:
+        verifier.close()
+    return stats, outputs
+
+
+def _decode_vllm(
+    config: EvalConfig, setup: _Setup
+) -> tuple[DecodeStats, list[list[int]], dict[str, Any]]:
+    """vLLM with the draft and without it (evaluate/vllm_engine.py)."""
+    from speculators.evaluate.vllm_engine import compare
+
+    stops = stop_token_ids(_generation_config(setup.verifier), setup.tokenizer)
+    prompts = [p.input_ids for p in setup.prompts.prompts]
+    result = compare(
+        config.checkpoint_dir, setup.verifier, prompts, setup.k, config.max_new_tokens, stops,
+        config,
+    )  # fmt: skip
+    return result.stats, result.speculative.output_ids, result.to_json()
 
 
 def _checkpoint_k(draft_config: dict) -> int:

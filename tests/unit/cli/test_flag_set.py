@@ -31,9 +31,10 @@ FLAGS = {
         "--warmup-steps", "--weight-decay",
     },
     "eval": {
-        "--data-path", "--device", "--dtype", "--max-new-tokens", "--max-prompt-tokens",
-        "--num-prompts", "--num-speculative-tokens", "--output-dir", "--seed", "--temperature",
-        "--verifier-name-or-path",
+        "--concurrency", "--data-path", "--device", "--dtype", "--engine",
+        "--gpu-memory-utilization", "--max-new-tokens", "--max-prompt-tokens", "--num-prompts",
+        "--num-speculative-tokens", "--output-dir", "--seed", "--temperature",
+        "--tensor-parallel-size", "--verifier-name-or-path",
     },
     "pipeline": {
         "--config", "--from-stage", "--output-dir", "--set", "--target-model-path", "--to-stage",
