@@ -27,17 +27,19 @@ def _chunk_stats(
     target_logp_CV: torch.Tensor,
     weight_C: torch.Tensor,
     kl_C: torch.Tensor,
-    argmax_C: torch.Tensor,
+    argmax_C: torch.Tensor | None,
     grad_CV: torch.Tensor | None,
 ) -> None:
-    """Write the KL per row, the draft argmax per row and (if `grad_CV` is given) the weighted
-    d KL / d logits of one chunk into those slices of the caller's buffers; the arithmetic in
-    fp32. Compiled, the results are stored straight into the buffers (no copy afterwards)."""
+    """Write the KL per row, the draft argmax per row (if `argmax_C` is given) and (if `grad_CV`
+    is given) the weighted d KL / d logits of one chunk into those slices of the caller's
+    buffers; the arithmetic in fp32. Compiled, the results are stored straight into the buffers
+    (no copy afterwards)."""
     logits = logits_CV.float()
     logq = torch.log_softmax(logits, dim=-1)
     p = target_logp_CV.exp()
     kl_C.copy_(torch.where(p > 0, p * (target_logp_CV - logq), 0.0).sum(-1))
-    argmax_C.copy_(logits.argmax(-1))
+    if argmax_C is not None:
+        argmax_C.copy_(logits.argmax(-1))
     if grad_CV is not None:
         grad_CV.copy_((logq.exp() * p.sum(-1, keepdim=True) - p) * weight_C[:, None])
 
@@ -61,26 +63,27 @@ class _LinearKL(torch.autograd.Function):
         x_NH: torch.Tensor,
         weight_VH: torch.Tensor,
         target_logp_NV: torch.Tensor,
-        target_argmax_N: torch.Tensor,
+        target_argmax_N: torch.Tensor | None,
         weight_N: torch.Tensor,
         d2t_V: torch.Tensor,
         want_grad: bool,
         compiled: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         n, v = target_logp_NV.shape
         dtype = _compute_dtype(x_NH)
         w, x_all = weight_VH.to(dtype), x_NH.to(dtype)
         stats = _compiled_chunk_stats() if compiled else _chunk_stats
         chunk = max(1, _CHUNK_BYTES // (4 * v))
         kl_N = torch.empty(n, dtype=torch.float32, device=x_NH.device)
-        argmax_N = torch.empty(n, dtype=torch.long, device=x_NH.device)
+        argmax_N = None
+        if target_argmax_N is not None:
+            argmax_N = torch.empty(n, dtype=torch.long, device=x_NH.device)
         grad_NV = torch.empty((n, v), dtype=dtype, device=x_NH.device) if want_grad else None
         for a in range(0, n, chunk):
             b = min(n, a + chunk)
             grad = grad_NV[a:b] if grad_NV is not None else None
-            stats(
-                x_all[a:b] @ w.T, target_logp_NV[a:b], weight_N[a:b], kl_N[a:b], argmax_N[a:b], grad
-            )
+            top = argmax_N[a:b] if argmax_N is not None else None
+            stats(x_all[a:b] @ w.T, target_logp_NV[a:b], weight_N[a:b], kl_N[a:b], top, grad)
         loss = (kl_N * weight_N).sum()
         # The input gradient as one full-size product now (as autograd would form it from the
         # logits); the weight gradient waits for the backward, where the incoming scale is
@@ -90,9 +93,12 @@ class _LinearKL(torch.autograd.Function):
         if grad_NV is not None:
             ctx.grad_x = grad_NV @ w
             ctx.save_for_backward(grad_NV, x_all)
-        correct_N = (argmax_N + d2t_V[argmax_N]) == target_argmax_N
+        correct_N: torch.Tensor | None = None
+        if argmax_N is not None and target_argmax_N is not None:
+            correct_N = torch.eq(argmax_N + d2t_V[argmax_N], target_argmax_N)
+            ctx.mark_non_differentiable(correct_N)
         ctx.dtypes = (x_NH.dtype, weight_VH.dtype)
-        ctx.mark_non_differentiable(kl_N, correct_N)
+        ctx.mark_non_differentiable(kl_N)
         return loss, kl_N, correct_N
 
     @staticmethod
@@ -120,16 +126,17 @@ def linear_kl(
     x_NH: torch.Tensor,
     weight_VH: torch.Tensor,
     target_logp_NV: torch.Tensor,
-    target_argmax_N: torch.Tensor,
+    target_argmax_N: torch.Tensor | None,
     weight_N: torch.Tensor,
     d2t_V: torch.Tensor,
     compiled: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(sum_i weight_i KL_i, KL per position, whether the draft's argmax is the verifier's).
 
     x: the normalised draft hidden states [..., H]; weight: the draft lm_head [Vd, H];
     target_logp: the verifier's log-probs over the draft vocab [N, Vd]; target_argmax: its
-    argmax over the full vocab [N]; d2t: draft id -> target id offset. Differentiable in x and W.
+    argmax over the full vocab [N], or None for a loss-only step (the third result is then
+    None); d2t: draft id -> target id offset. Differentiable in x and W.
     `compiled`: run the per-chunk element-wise work as one torch.compile'd kernel.
     """
     x = x_NH.reshape(-1, x_NH.shape[-1])

@@ -45,7 +45,8 @@ def verifier_targets(
     chunk: int = 2048,
     pad: int = 0,
     compiled: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    full_vocab: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log-probs over the draft vocab [N + pad, Vd] fp32, argmax over the FULL vocab [N + pad]).
 
     `head_VH`, `row_ids_V`: the verifier lm_head with the draft rows first (`draft_rows_first`).
@@ -53,14 +54,19 @@ def verifier_targets(
     `argmax` over the logits in vocab order. Chunked over positions so that full-vocab logits
     never exist for all N at once. `pad` extra rows (uniform log-probs, argmax -1) let callers
     take shifted views [s : s + N] without a copy. `compiled`: fuse each chunk's element-wise
-    work and reductions (torch.compile).
+    work and reductions (torch.compile). `full_vocab=False`: the loss's targets only, from the
+    draft rows alone (the rest of the vocab is ~3/4 of a Llama-3 lm_head); no argmax (None).
     """
     n = last_hidden_NH.shape[0]
     device = last_hidden_NH.device
     logp = torch.empty((n + pad, num_draft), dtype=torch.float32, device=device)
     logp[n:] = -math.log(num_draft)
-    argmax = torch.empty(n + pad, dtype=torch.long, device=device)
-    argmax[n:] = -1
+    argmax = None
+    if full_vocab:
+        argmax = torch.empty(n + pad, dtype=torch.long, device=device)
+        argmax[n:] = -1
+    else:
+        head_VH = head_VH[:num_draft]
     targets_of = _compiled_target_chunk() if compiled else _target_chunk
     for start in range(0, n, chunk):
         end = min(n, start + chunk)
@@ -72,7 +78,7 @@ def verifier_targets(
             row_ids_V,
             num_draft,
             logp[start:end],
-            argmax[start:end],
+            None if argmax is None else argmax[start:end],
         )
     return logp, argmax
 
@@ -85,13 +91,15 @@ def _target_chunk(
     row_ids_V: torch.Tensor,
     num_draft: int,
     logp_CV: torch.Tensor,
-    argmax_C: torch.Tensor,
+    argmax_C: torch.Tensor | None,
 ) -> None:
-    """Write one chunk's draft-vocab log-probs and full-vocab argmax into the given slices
-    (compiled, stored there directly)."""
+    """Write one chunk's draft-vocab log-probs and (unless `argmax_C` is None) full-vocab argmax
+    into the given slices (compiled, stored there directly)."""
     logits_CV = rms_norm(hidden_CH, norm_H, eps).to(head_VH.dtype) @ head_VH.T
     draft = logits_CV[:, :num_draft].float()
     logp_CV.copy_(F.log_softmax(draft, dim=-1))
+    if argmax_C is None:
+        return
     best, at = draft.max(-1)  # the first of equal maxima: the lowest id, ids being ascending
     best_id = row_ids_V[at]
     if logits_CV.shape[1] > num_draft:
@@ -119,7 +127,7 @@ def in_doc(doc_ids_BT: torch.Tensor, n: int) -> torch.Tensor:
     return inside & (shift(doc_ids_BT, n) == doc_ids_BT) & (doc_ids_BT >= 0)
 
 
-_SUMS = ("loss_sum", "scored", "correct", "chain_num", "chain_den")
+_SUMS = ("loss_sum", "scored", "correct", "acc_scored", "chain_num", "chain_den")
 
 
 class TTTMetrics:
@@ -127,6 +135,8 @@ class TTTMetrics:
 
     `add_step` keeps its sums on the device: reading them would make the host wait for the GPU
     in the middle of a step. They are fetched all at once (one synchronisation) when first read.
+    Accuracy and the acceptance chain count only the steps that measured them (`correct_N`
+    given): training measures them on every `--metrics-every`-th step, validation always.
     """
 
     def __init__(self, num_steps: int, num_tokens: int | torch.Tensor = 0) -> None:
@@ -146,14 +156,19 @@ class TTTMetrics:
         self,
         s: int,
         kl_N: torch.Tensor,
-        correct_N: torch.Tensor,
+        correct_N: torch.Tensor | None,
         scored_N: torch.Tensor,
         prefix_right_N: torch.Tensor,
     ) -> None:
         w = scored_N.double()
-        right = correct_N & scored_N
-        chain_den = prefix_right_N & scored_N
-        values = [kl_N.detach().double() * w, w, right, chain_den & correct_N, chain_den]
+        if correct_N is None:  # a loss-only step: nothing to add to the accuracy sums
+            zero = torch.zeros_like(w)
+            right = acc_scored = chain_num = chain_den = zero
+        else:
+            right, acc_scored = correct_N & scored_N, scored_N
+            chain_den = prefix_right_N & scored_N
+            chain_num = chain_den & correct_N
+        values = [kl_N.detach().double() * w, w, right, acc_scored, chain_num, chain_den]
         self._pending.append((s, torch.stack([v.double().sum() for v in values])))
 
     def _flush(self) -> None:
@@ -197,22 +212,30 @@ class TTTMetrics:
             self._totals[name] = [a + b for a, b in zip(self._totals[name], other._totals[name])]
         self._tokens += other._tokens
 
+    @property
+    def has_accuracy(self) -> bool:
+        return any(self.totals()["acc_scored"])
+
     def summary(self, prefix: str = "") -> dict[str, float]:
+        """loss_s per TTT step; and, if any step measured them, acc_s, cond_acc_s, accept_len."""
         t = self.totals()
         out: dict[str, float] = {}
         survive, accept_len = 1.0, 1.0
+        measured = any(t["acc_scored"])
         for s in range(self.num_steps):
-            n = max(t["scored"][s], 1.0)
-            out[f"{prefix}loss_{s}"] = t["loss_sum"][s] / n
-            out[f"{prefix}acc_{s}"] = t["correct"][s] / n
+            out[f"{prefix}loss_{s}"] = t["loss_sum"][s] / max(t["scored"][s], 1.0)
+            if not measured:
+                continue
+            out[f"{prefix}acc_{s}"] = t["correct"][s] / max(t["acc_scored"][s], 1.0)
             den = t["chain_den"][s]
             cond = t["chain_num"][s] / den if den else 0.0
             out[f"{prefix}cond_acc_{s}"] = cond
             survive *= cond
             accept_len += survive
-        # Tokens per verifier forward under greedy verification: the bonus token plus the
-        # expected run of accepted draft tokens (sum over s of P(steps 0..s all accepted)).
-        out[f"{prefix}accept_len"] = accept_len
+        if measured:
+            # Tokens per verifier forward under greedy verification: the bonus token plus the
+            # expected run of accepted draft tokens (sum over s of P(steps 0..s all accepted)).
+            out[f"{prefix}accept_len"] = accept_len
         return out
 
 

@@ -57,10 +57,15 @@ class VerifierTargets:
         )
 
     def __call__(
-        self, last_hidden_BTH: torch.Tensor, pad: int = 0, compiled: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log-probs over the draft vocab [B*T + pad, Vd], full-vocab argmax [B*T + pad]),
-        positions flattened row after row; `pad` rows at the end are placeholders."""
+        self,
+        last_hidden_BTH: torch.Tensor,
+        pad: int = 0,
+        compiled: bool = False,
+        full_vocab: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(log-probs over the draft vocab [B*T + pad, Vd], full-vocab argmax [B*T + pad] or
+        None without `full_vocab`), positions flattened row after row; `pad` rows at the end are
+        placeholders."""
         return verifier_targets(
             last_hidden_BTH.flatten(0, 1),
             self.norm_H,
@@ -70,6 +75,7 @@ class VerifierTargets:
             self.num_draft,
             pad=pad,
             compiled=compiled,
+            full_vocab=full_vocab,
         )
 
 
@@ -81,6 +87,7 @@ def ttt_forward(
     step_loss_decay: float,
     impl: AttentionImpl = "dense",
     compiled: bool = False,
+    accuracy: bool = True,
 ) -> tuple[torch.Tensor, TTTMetrics]:
     """Unroll `ttt_steps` draft steps on a packed batch; return the weighted loss and metrics.
 
@@ -88,12 +95,15 @@ def ttt_forward(
     verifier features of position i) at position pos_i + s. Its targets are the verifier's at
     position i+1+s: a view of the flattened targets shifted by 1+s (positions whose shifted
     target crosses into the next row or the padding are outside their document: not scored).
+    `accuracy=False` computes the loss only: no full-vocab verifier argmax, no draft argmax.
     Nothing here waits for the GPU: metrics stay on the device until read.
     """
     ids, doc, pos = batch["input_ids"], batch["doc_ids"], batch["position_ids"]
     loss_mask = batch["loss_mask"].bool()
     n = ids.numel()
-    target_logp, target_argmax = targets(batch["last_hidden_state"], ttt_steps + 1, compiled)
+    target_logp, target_argmax = targets(
+        batch["last_hidden_state"], ttt_steps + 1, compiled, full_vocab=accuracy
+    )
     aux = batch["aux_hidden_states"]
     if not torch.is_autocast_enabled(aux.device.type):  # autocast casts to bf16 by itself
         aux = aux.to(model.fc.weight.dtype)
@@ -112,7 +122,7 @@ def ttt_forward(
             partial(
                 linear_kl,
                 target_logp_NV=target_logp[1 + s : 1 + s + n],
-                target_argmax_N=target_argmax[1 + s : 1 + s + n],
+                target_argmax_N=None if target_argmax is None else target_argmax[1 + s : 1 + s + n],
                 weight_N=weight,
                 d2t_V=model.d2t,
                 compiled=compiled,
@@ -120,5 +130,6 @@ def ttt_forward(
         )
         losses.append(loss)
         metrics.add_step(s, kl, correct, scored, prefix_right)
-        prefix_right = prefix_right & correct
+        if correct is not None:
+            prefix_right = prefix_right & correct
     return weighted_loss(losses, step_loss_decay), metrics

@@ -71,3 +71,20 @@ def test_zero_target_probability_gives_no_nan():
     loss.backward()
     assert torch.isfinite(kl).all() and torch.isfinite(x.grad).all()
     torch.testing.assert_close(kl, -F.log_softmax(x.detach() @ w.T, -1)[:, 0])
+
+
+def test_loss_only_call_has_the_same_loss_and_gradients_and_no_argmax():
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(12, 5, generator=g), torch.randn(7, 5, generator=g)
+    logp = F.log_softmax(torch.randn(12, 7, generator=g), -1)
+    weight, d2t = torch.ones(12) / 12, torch.zeros(7, dtype=torch.long)
+    out = []
+    for argmax in (torch.zeros(12, dtype=torch.long), None):
+        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+        loss, kl, correct = linear_kl(xi, wi, logp, argmax, weight, d2t)
+        loss.backward()
+        out.append((loss.detach(), kl, correct, xi.grad, wi.grad))
+    (l1, kl1, c1, gx1, gw1), (l2, kl2, c2, gx2, gw2) = out
+    assert c1 is not None and c2 is None
+    for a, b in ((l1, l2), (kl1, kl2), (gx1, gx2), (gw1, gw2)):
+        assert torch.equal(a, b)

@@ -91,3 +91,28 @@ def test_metrics_held_on_the_device_add_up_when_merged_and_read():
     assert t["loss_sum"] == [15.0] and t["scored"] == [4.0] and t["correct"] == [3.0]
     assert total.num_tokens == 8
     assert a.totals()["loss_sum"] == [3.0] and a.num_tokens == 5  # merging does not move them
+
+
+def test_loss_only_steps_count_for_the_loss_not_for_accuracy():
+    """Training measures accuracy on every --metrics-every-th step only: a loss-only step adds
+    to the loss, and accuracy and acceptance are over the measured steps alone."""
+    m = TTTMetrics(1)
+    yes = torch.tensor([True, True, True, True])
+    m.add_step(0, torch.tensor([1.0, 1.0, 1.0, 1.0]), None, yes, yes)  # loss-only
+    assert not m.has_accuracy and set(m.summary()) == {"loss_0"}
+    m.add_step(0, torch.tensor([3.0, 3.0]), torch.tensor([True, False]), yes[:2], yes[:2])
+    s = m.summary()
+    assert s["loss_0"] == (4 * 1.0 + 2 * 3.0) / 6  # every scored position of both steps
+    assert s["acc_0"] == 0.5 and s["accept_len"] == 1.5  # the measured step alone
+
+
+def test_loss_only_targets_are_the_same_log_probs_without_the_argmax():
+    g = torch.Generator().manual_seed(1)
+    lm_head, hidden = torch.randn(9, 4, generator=g), torch.randn(30, 4, generator=g)
+    head, row_ids = draft_rows_first(lm_head, torch.tensor([1, 4, 6]))
+    full, argmax = verifier_targets(hidden, torch.ones(4), head, 1e-6, row_ids, 3, 8, pad=2)
+    cheap, none = verifier_targets(
+        hidden, torch.ones(4), head, 1e-6, row_ids, 3, 8, pad=2, full_vocab=False
+    )
+    assert none is None and argmax is not None and argmax.shape == (32,)
+    torch.testing.assert_close(cheap, full)
