@@ -48,6 +48,7 @@ class _ConsoleView:
             console=console,
         )
         self.task: Any = None
+        self.accuracy = ""
 
     def start(self, first_epoch: int, epochs: int, rows_per_epoch: list[int]) -> None:
         self.rows, self.epochs = rows_per_epoch, epochs
@@ -63,32 +64,34 @@ class _ConsoleView:
             )
 
     def step(self, global_step: int, m: dict[str, float]) -> None:
-        text = (
-            f"loss {m['train/loss']:.4f} acc0 {m['train/acc_0']:.3f} "
-            f"accept {m['train/accept_len']:.2f} {m['train/tokens_per_s']:.0f} tok/s"
-        )
+        if "train/acc_0" in m:  # measured every --metrics-every steps; shown until the next
+            self.accuracy = f"acc0 {m['train/acc_0']:.3f} accept {m['train/accept_len']:.2f} "
+        text = f"loss {m['train/loss']:.4f} {self.accuracy}{m['train/tokens_per_s']:.0f} tok/s"
         self.progress.update(self.task, advance=1, metrics=text)
 
     def epoch(self, epoch: int, summary: dict[str, float]) -> None:
         table = Table(title=f"epoch {epoch}")
         table.add_column("split")
-        steps = sorted({k.split("_")[-1] for k in summary if "/acc_" in k}, key=int)
+        steps = sorted({k.split("_")[-1] for k in summary if "/loss_" in k}, key=int)
         for s in steps:
             table.add_column(f"loss/acc step {s}", justify="right")
         table.add_column("accept len", justify="right")
         for split in ("train", "val"):
-            if f"{split}/accept_len" not in summary:
+            if f"{split}/loss_0" not in summary:
                 continue
-            cells = [
-                f"{summary[f'{split}/loss_{s}']:.4f} / {summary[f'{split}/acc_{s}']:.3f}"
-                for s in steps
-            ]
-            table.add_row(split, *cells, f"{summary[f'{split}/accept_len']:.2f}")
+            cells = [_loss_acc(summary, split, s) for s in steps]
+            accept = summary.get(f"{split}/accept_len")
+            table.add_row(split, *cells, "-" if accept is None else f"{accept:.2f}")
         self.progress.console.print(table)
         self._new_task(epoch + 1)
 
     def stop(self) -> None:
         self.progress.stop()
+
+
+def _loss_acc(summary: dict[str, float], split: str, step: str) -> str:
+    acc = summary.get(f"{split}/acc_{step}")  # absent when no step measured it
+    return f"{summary[f'{split}/loss_{step}']:.4f} / {'-' if acc is None else f'{acc:.3f}'}"
 
 
 def train(
@@ -109,6 +112,8 @@ def train(
     t2d_path: Path = option(TrainConfig, "t2d_path"),
     ttt_steps: int = option(TrainConfig, "ttt_steps"),
     ttt_step_loss_decay: float = option(TrainConfig, "ttt_step_loss_decay"),
+    train_lm_head: bool = option(TrainConfig, "train_lm_head"),
+    metrics_every: int = option(TrainConfig, "metrics_every"),
     seed: int = option(TrainConfig, "seed"),
     warmup_steps: int = option(TrainConfig, "warmup_steps"),
     lr_decay: str = option(TrainConfig, "lr_decay"),
@@ -165,8 +170,11 @@ def train(
     if result.history:
         last = result.history[-1]
         split = "val" if "val/accept_len" in last else "train"
-        table.add_row(f"{split} step-0 accuracy", f"{last[f'{split}/acc_0']:.3f}")
-        table.add_row(f"{split} expected acceptance length", f"{last[f'{split}/accept_len']:.2f}")
+        if f"{split}/accept_len" in last:
+            table.add_row(f"{split} step-0 accuracy", f"{last[f'{split}/acc_0']:.3f}")
+            accept = last[f"{split}/accept_len"]
+            table.add_row(f"{split} expected acceptance length", f"{accept:.2f}")
+        table.add_row(f"{split} loss (TTT step 0)", f"{last[f'{split}/loss_0']:.4f}")
     else:
         table.add_row("epochs run", "none: every epoch was already trained")
     table.add_row("checkpoint", str(result.checkpoint))

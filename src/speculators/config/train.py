@@ -52,6 +52,18 @@ class TrainConfig(StrictModel):
         1.0, gt=0, description="Loss weight of TTT step s is DECAY ** s."
     )
     # Beyond the reference.
+    train_lm_head: bool = Field(
+        False,
+        description="Train the draft's lm_head (initialised from the verifier's rows) instead "
+        "of keeping it frozen (see docs/train.md for the measurement behind the default).",
+    )
+    metrics_every: int = Field(
+        10,
+        ge=1,
+        description="Measure accuracy and the acceptance chain (which need the verifier's "
+        "argmax over its full vocab) on every N-th optimizer step; the others compute the loss "
+        "only. Validation always measures them.",
+    )
     seed: int = Field(0, description="Seed for init, data split and shuffling.")
     warmup_steps: int = Field(
         -1, ge=-1, description="Linear LR warmup steps (-1: 5% of all steps)."

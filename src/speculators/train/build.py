@@ -25,6 +25,7 @@ def build_model(
     model = Eagle3Draft(layer_config, int(d2t.shape[0]), num_aux, verifier.hidden_size)
     t2d_t = torch.from_numpy(t2d)
     model.init_from_verifier(head.embed_tokens_VH, head.lm_head_VH, torch.from_numpy(d2t), t2d_t)
+    model.lm_head.weight.requires_grad_(config.train_lm_head)
     target_ids = torch.from_numpy(draft_to_target_ids(d2t))
     targets = VerifierTargets.from_verifier(
         head.norm_H, head.lm_head_VH, head.rms_norm_eps, target_ids
@@ -33,11 +34,14 @@ def build_model(
 
 
 def place_model(model: Eagle3Draft, device: torch.device) -> Eagle3Draft:
-    """Move the draft to `device`. On GPUs the frozen verifier embeddings are kept in bf16,
-    the dtype they are used in under autocast (the same numbers, half the memory)."""
+    """Move the draft to `device`. On GPUs the frozen verifier embeddings (and a frozen
+    lm_head) are kept in bf16, the dtype they are used in under autocast (the same numbers,
+    half the memory, no cast per step)."""
     model = model.to(device)
     if device.type == "cuda":
         model.embed_tokens.to(torch.bfloat16)
+        if not model.lm_head.weight.requires_grad:
+            model.lm_head.to(torch.bfloat16)
     return model
 
 

@@ -110,9 +110,10 @@ def teardown() -> None:
 
 
 def parallelize(model: Eagle3Draft, device: torch.device) -> Eagle3Draft:
-    """FSDP2 on each decoder layer and on the root (fc, norm, lm_head). The frozen verifier
-    embeddings stay whole on every rank: they get no gradient, so sharding them would only add
-    an all-gather per step. bf16 compute with fp32 gradient reduction on GPUs."""
+    """FSDP2 on each decoder layer and on the root (fc, norm, a trained lm_head). The frozen
+    verifier embeddings (and a frozen lm_head) stay whole on every rank: they get no gradient,
+    so sharding them would only add an all-gather per step. bf16 compute with fp32 gradient
+    reduction on GPUs."""
     mp = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         if device.type == "cuda"
@@ -122,7 +123,11 @@ def parallelize(model: Eagle3Draft, device: torch.device) -> Eagle3Draft:
     # parameters until the backward saves ttt_steps - 1 all-gathers per layer (ZeRO-2 style).
     for layer in model.layers:
         fully_shard(layer, mp_policy=mp, reshard_after_forward=False)
-    frozen: set[nn.Parameter] = {model.embed_tokens.weight}  # type: ignore[arg-type]
+    frozen: set[nn.Parameter] = {
+        p  # type: ignore[misc]
+        for p in (model.embed_tokens.weight, model.lm_head.weight)
+        if not p.requires_grad
+    }
     fully_shard(model, mp_policy=mp, reshard_after_forward=False, ignored_params=frozen)
     # TTT calls these besides forward; they must gather the root's parameters too.
     register_fsdp_forward_method(model, "fuse")

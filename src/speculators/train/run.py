@@ -110,6 +110,7 @@ def trainer_options(
         seed=config.seed,
         fused_adamw=fused_adamw,
         compile=device.type == "cuda" and not config.no_compile,
+        metrics_every=config.metrics_every,
     )
 
 

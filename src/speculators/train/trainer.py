@@ -58,6 +58,7 @@ class TrainerOptions:
     seed: int
     fused_adamw: bool = True  # on CUDA; the distributed wrapper uses foreach with DTensors
     compile: bool = False  # torch.compile the draft's layers and loss (GPU runs)
+    metrics_every: int = 1  # accuracy metrics on every N-th step (the others: loss only)
 
 
 @dataclass
@@ -108,7 +109,9 @@ class Trainer:
                 out[k] = out[k].float()
         return out
 
-    def _forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, TTTMetrics]:
+    def _forward(
+        self, batch: dict[str, Any], accuracy: bool = True
+    ) -> tuple[torch.Tensor, TTTMetrics]:
         """The TTT forward of one batch (loss and metrics) under this run's autocast."""
         o = self.options
         with self._autocast():
@@ -120,6 +123,7 @@ class Trainer:
                 o.ttt_step_loss_decay,
                 o.attention,
                 o.compile,
+                accuracy,
             )
 
     def train_step(self, batch: dict[str, Any] | list[dict[str, Any]]) -> dict[str, float]:
@@ -129,12 +133,15 @@ class Trainer:
         o = self.options
         self.model.train()
         micro = batch if isinstance(batch, list) else [batch]
+        # The full-vocab verifier argmax behind accuracy costs products over the whole lm_head:
+        # measured on a fixed share of steps (the first of each run of metrics_every).
+        accuracy = self.global_step % o.metrics_every == 0
         self.optimizer.zero_grad(set_to_none=True)
         # Nothing in the loop reads a number off the GPU, so the host queues work ahead of it.
         metrics, loss_sum = TTTMetrics(o.ttt_steps), torch.zeros((), device=self.device)
         for one in micro:
             try:
-                loss, m = self._forward(one)
+                loss, m = self._forward(one, accuracy)
                 # Each row weighs the same; ranks are averaged by FSDP's gradient reduction.
                 (loss / len(micro)).backward()
             except compile_errors() as e:

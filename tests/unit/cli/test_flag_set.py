@@ -23,8 +23,8 @@ FLAGS = {
     "train": {
         "--attention", "--config", "--d2t-path", "--data-format-version", "--data-path",
         "--device", "--epochs", "--log-dir", "--logger", "--lr", "--lr-decay", "--max-grad-norm",
-        "--max-steps-per-epoch", "--nnodes", "--no-compile", "--no-resume-from-checkpoint",
-        "--node-rank",
+        "--max-steps-per-epoch", "--metrics-every", "--nnodes", "--no-compile",
+        "--no-resume-from-checkpoint", "--node-rank", "--train-lm-head",
         "--nproc-per-node", "--num-layers", "--num-workers", "--rdzv-endpoint", "--rows-per-step",
         "--run-name", "--save-path", "--seed", "--t2d-path", "--total-seq-len",
         "--ttt-step-loss-decay", "--ttt-steps", "--val-fraction", "--verifier-name-or-path",
@@ -58,7 +58,8 @@ REFERENCE = {
 
 def flags_of(name: str) -> set[str]:
     command = typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
-    return {o for p in command.params for o in p.opts if o.startswith("-")} - COMMON
+    names = {o for p in command.params for o in (*p.opts, *getattr(p, "secondary_opts", []))}
+    return {o for o in names if o.startswith("-")} - COMMON
 
 
 def test_commands_and_flags_are_pinned():
