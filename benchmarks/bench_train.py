@@ -59,7 +59,8 @@ def synthetic_batch(cfg, total_seq_len: int, seed: int) -> dict[str, torch.Tenso
 def flops_per_token(cfg, batch: dict[str, torch.Tensor], vd: int, ttt_steps: int) -> float:
     """The draft's real FLOPs per token, as issue 8 counts them: fc once; per TTT step the
     2H-input layer, attention and lm_head, forward and backward (3x forward); the frozen
-    verifier lm_head forward for the targets."""
+    verifier lm_head forward for the targets. (The same count whatever the lm_head and metrics
+    settings: tokens/s, not this, is what compares runs.)"""
     h, i = cfg.hidden_size, cfg.intermediate_size
     hd = getattr(cfg, "head_dim", None) or h // cfg.num_attention_heads
     kv = cfg.num_key_value_heads * hd
@@ -89,6 +90,17 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--attention", choices=["dense", "flex"], default=None)
     p.add_argument("--no-compile", action="store_true", help="eager draft (GPU default: compiled)")
+    p.add_argument("--train-lm-head", action="store_true", help="as `train --train-lm-head`")
+    p.add_argument(
+        "--metrics-every", type=int, default=10, help="as `train --metrics-every` (default 10)"
+    )
+    p.add_argument(
+        "--accuracy-over",
+        choices=["full", "draft"],
+        default="full",
+        help="the verifier argmax accuracy is scored against: full vocab (ours, SPEC §3) or the "
+        "draft vocab (speculators 0.9.0's)",
+    )
     args = p.parse_args()
 
     device = torch.device(args.device)
@@ -98,6 +110,7 @@ def main() -> None:
     model = Eagle3Draft(draft_layer_config(cfg, args.num_layers), vd, 3, cfg.hidden_size)
     target_ids = torch.randperm(cfg.vocab_size)[:vd].sort().values
     model.d2t.copy_(target_ids - torch.arange(vd))
+    model.lm_head.weight.requires_grad_(args.train_lm_head)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     lm_head = (torch.randn(cfg.vocab_size, cfg.hidden_size) * 0.02).to(device, dtype)
     targets = VerifierTargets.from_verifier(
@@ -108,6 +121,7 @@ def main() -> None:
         epochs=1, lr=1e-4, weight_decay=0.0, max_grad_norm=1.0, ttt_steps=args.ttt_steps,
         ttt_step_loss_decay=1.0, total_steps=1000, warmup_steps=10, lr_decay="cosine",
         attention=attention, seed=0, compile=device.type == "cuda" and not args.no_compile,
+        metrics_every=args.metrics_every, accuracy_over=args.accuracy_over,
     )  # fmt: skip
     trainer = Trainer(place_model(model, device), targets, options, device, Path("/x"), {})
     # The pure step as the peer measures it: the packed row is already on the device. (The
@@ -136,6 +150,10 @@ def main() -> None:
         "draft_vocab_size": vd,
         "ttt_steps": args.ttt_steps,
         "num_layers": args.num_layers,
+        "train_lm_head": args.train_lm_head,
+        "metrics_every": args.metrics_every,
+        "accuracy_over": args.accuracy_over,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "step_s": elapsed / args.steps,
         "tokens_per_s": args.total_seq_len * args.steps / elapsed,
         "step_s_each": [round(t, 4) for t in each],

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+
+# Which verifier argmax accuracy is scored against (None: no accuracy, the loss only).
+ArgmaxOver = Literal["full", "draft"] | None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -45,7 +48,7 @@ def verifier_targets(
     chunk: int = 2048,
     pad: int = 0,
     compiled: bool = False,
-    full_vocab: bool = True,
+    argmax: ArgmaxOver = "full",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log-probs over the draft vocab [N + pad, Vd] fp32, argmax over the FULL vocab [N + pad]).
 
@@ -54,18 +57,20 @@ def verifier_targets(
     `argmax` over the logits in vocab order. Chunked over positions so that full-vocab logits
     never exist for all N at once. `pad` extra rows (uniform log-probs, argmax -1) let callers
     take shifted views [s : s + N] without a copy. `compiled`: fuse each chunk's element-wise
-    work and reductions (torch.compile). `full_vocab=False`: the loss's targets only, from the
-    draft rows alone (the rest of the vocab is ~3/4 of a Llama-3 lm_head); no argmax (None).
+    work and reductions (torch.compile). `argmax`: "full" as above; "draft", the argmax over
+    the draft vocab only (what speculators 0.9.0 scores against; benchmarks compare with it);
+    None, no argmax (the second result is None). Both of the latter read only the draft rows of
+    the lm_head (the rest is ~3/4 of a Llama-3 lm_head).
     """
     n = last_hidden_NH.shape[0]
     device = last_hidden_NH.device
     logp = torch.empty((n + pad, num_draft), dtype=torch.float32, device=device)
     logp[n:] = -math.log(num_draft)
-    argmax = None
-    if full_vocab:
-        argmax = torch.empty(n + pad, dtype=torch.long, device=device)
-        argmax[n:] = -1
-    else:
+    top = None
+    if argmax is not None:
+        top = torch.empty(n + pad, dtype=torch.long, device=device)
+        top[n:] = -1
+    if argmax != "full":
         head_VH = head_VH[:num_draft]
     targets_of = _compiled_target_chunk() if compiled else _target_chunk
     for start in range(0, n, chunk):
@@ -78,9 +83,9 @@ def verifier_targets(
             row_ids_V,
             num_draft,
             logp[start:end],
-            None if argmax is None else argmax[start:end],
+            None if top is None else top[start:end],
         )
-    return logp, argmax
+    return logp, top
 
 
 def _target_chunk(

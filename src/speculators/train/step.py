@@ -11,6 +11,7 @@ from speculators.models.eagle3 import Eagle3Draft
 from speculators.train.attention import AttentionImpl, TTTAttention
 from speculators.train.head_loss import linear_kl
 from speculators.train.loss import (
+    ArgmaxOver,
     TTTMetrics,
     draft_rows_first,
     in_doc,
@@ -61,11 +62,11 @@ class VerifierTargets:
         last_hidden_BTH: torch.Tensor,
         pad: int = 0,
         compiled: bool = False,
-        full_vocab: bool = True,
+        argmax: ArgmaxOver = "full",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(log-probs over the draft vocab [B*T + pad, Vd], full-vocab argmax [B*T + pad] or
-        None without `full_vocab`), positions flattened row after row; `pad` rows at the end are
-        placeholders."""
+        """(log-probs over the draft vocab [B*T + pad, Vd], the verifier's argmax [B*T + pad]
+        over the vocab `argmax` names, or None), positions flattened row after row; `pad` rows
+        at the end are placeholders."""
         return verifier_targets(
             last_hidden_BTH.flatten(0, 1),
             self.norm_H,
@@ -75,7 +76,7 @@ class VerifierTargets:
             self.num_draft,
             pad=pad,
             compiled=compiled,
-            full_vocab=full_vocab,
+            argmax=argmax,
         )
 
 
@@ -87,7 +88,7 @@ def ttt_forward(
     step_loss_decay: float,
     impl: AttentionImpl = "dense",
     compiled: bool = False,
-    accuracy: bool = True,
+    accuracy: ArgmaxOver = "full",
 ) -> tuple[torch.Tensor, TTTMetrics]:
     """Unroll `ttt_steps` draft steps on a packed batch; return the weighted loss and metrics.
 
@@ -95,14 +96,15 @@ def ttt_forward(
     verifier features of position i) at position pos_i + s. Its targets are the verifier's at
     position i+1+s: a view of the flattened targets shifted by 1+s (positions whose shifted
     target crosses into the next row or the padding are outside their document: not scored).
-    `accuracy=False` computes the loss only: no full-vocab verifier argmax, no draft argmax.
+    `accuracy`: against the verifier's argmax over the full vocab (SPEC §3), over the draft
+    vocab ("draft", speculators 0.9.0's measure), or None: the loss only, no argmax at all.
     Nothing here waits for the GPU: metrics stay on the device until read.
     """
     ids, doc, pos = batch["input_ids"], batch["doc_ids"], batch["position_ids"]
     loss_mask = batch["loss_mask"].bool()
     n = ids.numel()
     target_logp, target_argmax = targets(
-        batch["last_hidden_state"], ttt_steps + 1, compiled, full_vocab=accuracy
+        batch["last_hidden_state"], ttt_steps + 1, compiled, argmax=accuracy
     )
     aux = batch["aux_hidden_states"]
     if not torch.is_autocast_enabled(aux.device.type):  # autocast casts to bf16 by itself

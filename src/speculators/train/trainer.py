@@ -22,7 +22,7 @@ from speculators.errors import UserInputError, compile_errors, compile_failure
 from speculators.models.eagle3 import Eagle3Draft
 from speculators.train.attention import AttentionImpl
 from speculators.train.compiled import compile_layers
-from speculators.train.loss import TTTMetrics
+from speculators.train.loss import ArgmaxOver, TTTMetrics
 from speculators.train.parallel import Parallel, SingleProcess, reduce_metrics
 from speculators.train.prefetch import prefetch_to_device
 from speculators.train.step import VerifierTargets, ttt_forward
@@ -59,6 +59,7 @@ class TrainerOptions:
     fused_adamw: bool = True  # on CUDA; the distributed wrapper uses foreach with DTensors
     compile: bool = False  # torch.compile the draft's layers and loss (GPU runs)
     metrics_every: int = 1  # accuracy metrics on every N-th step (the others: loss only)
+    accuracy_over: ArgmaxOver = "full"  # the verifier's vocab accuracy is scored in (SPEC §3)
 
 
 @dataclass
@@ -112,7 +113,8 @@ class Trainer:
     def _forward(
         self, batch: dict[str, Any], accuracy: bool = True
     ) -> tuple[torch.Tensor, TTTMetrics]:
-        """The TTT forward of one batch (loss and metrics) under this run's autocast."""
+        """The TTT forward of one batch (loss, and metrics unless `accuracy` is False) under
+        this run's autocast."""
         o = self.options
         with self._autocast():
             return ttt_forward(
@@ -123,7 +125,7 @@ class Trainer:
                 o.ttt_step_loss_decay,
                 o.attention,
                 o.compile,
-                accuracy,
+                o.accuracy_over if accuracy else None,
             )
 
     def train_step(self, batch: dict[str, Any] | list[dict[str, Any]]) -> dict[str, float]:

@@ -112,7 +112,11 @@ def test_loss_only_targets_are_the_same_log_probs_without_the_argmax():
     head, row_ids = draft_rows_first(lm_head, torch.tensor([1, 4, 6]))
     full, argmax = verifier_targets(hidden, torch.ones(4), head, 1e-6, row_ids, 3, 8, pad=2)
     cheap, none = verifier_targets(
-        hidden, torch.ones(4), head, 1e-6, row_ids, 3, 8, pad=2, full_vocab=False
+        hidden, torch.ones(4), head, 1e-6, row_ids, 3, 8, pad=2, argmax=None
     )
     assert none is None and argmax is not None and argmax.shape == (32,)
     torch.testing.assert_close(cheap, full)
+    # the draft-vocab argmax (speculators 0.9.0's accuracy) from the draft rows alone
+    _, draft = verifier_targets(hidden, torch.ones(4), head, 1e-6, row_ids, 3, 8, argmax="draft")
+    logits = F.normalize(hidden, dim=-1) * 2 @ lm_head[[1, 4, 6]].T
+    assert draft is not None and torch.equal(draft, torch.tensor([1, 4, 6])[logits.argmax(-1)])
