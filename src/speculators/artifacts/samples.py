@@ -73,10 +73,13 @@ def _fail(path: Path, why: str) -> UserInputError:
     )
 
 
-def load_sample(path: Path, data_format_version: int = 1) -> Sample:
-    """Read a sample file of either version; a bad file is a UserInputError naming it."""
+def load_sample(path: Path, data_format_version: int = 1, mmap: bool = False) -> Sample:
+    """Read a sample file of either version; a bad file is a UserInputError naming it.
+
+    `mmap`: the tensors stay in the page cache until read (the training loader copies them
+    once, straight into its packed row, and checks them for NaN/Inf there: `check_finite`)."""
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        record = _load(path, mmap)
     except Exception as e:  # torch raises many types for corrupt files
         raise _fail(path, f"{e.__class__.__name__}: {e}") from None
     if not isinstance(record, dict):
@@ -100,23 +103,40 @@ def load_sample(path: Path, data_format_version: int = 1) -> Sample:
     except (KeyError, TypeError, AttributeError, ZeroDivisionError) as e:
         raise _fail(path, f"{e.__class__.__name__}: {e}") from None
     sample = Sample(input_ids.long(), aux, last, loss_mask.long())
-    _check(path, sample)
+    _check_shapes(path, sample)
+    if not mmap:
+        for h in [*sample.aux_hidden_states, sample.last_hidden_state]:
+            check_finite(path, h)
     return sample
 
 
-def _check(path: Path, s: Sample) -> None:
+def _load(path: Path, mmap: bool) -> object:
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # torch's legacy (non-zip) format cannot be mapped; read it whole
+            pass
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _check_shapes(path: Path, s: Sample) -> None:
     length = s.input_ids.shape[0]
     if s.input_ids.ndim != 1 or s.loss_mask.shape != (length,):
         raise _fail(path, "input_ids and loss_mask must be 1-D of the same length")
     for h in [*s.aux_hidden_states, s.last_hidden_state]:
         if h.ndim != 2 or h.shape[0] != length or h.shape[1] != s.last_hidden_state.shape[1]:
             raise _fail(path, f"a hidden state has shape {tuple(h.shape)}, expected [{length}, H]")
-        if not torch.isfinite(h).all():
-            raise UserInputError(
-                f"sample file {path} contains NaN or Inf hidden states; the verifier overflowed "
-                "on this sample. Delete the file (training skips nothing silently) or regenerate "
-                "it with `speculators datagen`."
-            )
+
+
+def check_finite(path: Path, hidden: torch.Tensor) -> None:
+    """NaN or Inf in a sample's hidden states (`hidden`, or the rows of it a loader copied) is
+    a UserInputError naming the file."""
+    if not torch.isfinite(hidden).all():
+        raise UserInputError(
+            f"sample file {path} contains NaN or Inf hidden states; the verifier overflowed "
+            "on this sample. Delete the file (training skips nothing silently) or regenerate "
+            "it with `speculators datagen`."
+        )
 
 
 def list_sample_files(data_path: Path) -> list[Path]:

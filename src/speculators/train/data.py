@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from speculators.artifacts.samples import list_sample_files, load_sample
+from speculators.artifacts.samples import check_finite, list_sample_files, load_sample
 from speculators.errors import UserInputError
 
 
@@ -173,41 +173,73 @@ class PackedRows(Dataset):
 
     def __getitem__(self, r: int) -> dict[str, Any]:
         try:
-            samples = [load_sample(self.files[i], self.version) for i in self.rows[r]]
+            return self._row(r)
         except UserInputError as e:
             return {"error": str(e)}
-        t = self.total_seq_len
-        ids, mask = torch.zeros(t, dtype=torch.long), torch.zeros(t, dtype=torch.long)
-        doc = torch.full((t,), -1, dtype=torch.long)
-        pos = torch.zeros(t, dtype=torch.long)
-        hidden = samples[0].last_hidden_state.shape[1]
-        aux = torch.zeros(t, len(samples[0].aux_hidden_states) * hidden, dtype=torch.bfloat16)
-        last = torch.zeros(t, hidden, dtype=torch.bfloat16)
+
+    def _row(self, r: int) -> dict[str, Any]:
+        """Each file's tensors are copied once, from the page cache straight into the row. In
+        a loader worker the row is allocated in shared memory, which is how the DataLoader
+        hands it to the main process (a plain tensor would be copied there once more)."""
+        files = [self.files[i] for i in self.rows[r]]
+        samples = [load_sample(path, self.version, mmap=True) for path in files]
+        t, h = self.total_seq_len, samples[0].last_hidden_state.shape[1]
+        k = len(samples[0].aux_hidden_states)
+        row = _new_row(t, k, h)
         start = 0
-        for d, s in enumerate(samples):
+        for d, (path, s) in enumerate(zip(files, samples)):
             n = min(s.input_ids.shape[0], t - start)
             span = slice(start, start + n)
-            ids[span], mask[span] = s.input_ids[:n], s.loss_mask[:n]
-            doc[span], pos[span] = d, torch.arange(n)
-            aux[span] = torch.cat([h[:n] for h in s.aux_hidden_states], dim=-1).to(aux.dtype)
-            last[span] = s.last_hidden_state[:n].to(last.dtype)
+            row["input_ids"][span], row["loss_mask"][span] = s.input_ids[:n], s.loss_mask[:n]
+            row["doc_ids"][span], row["position_ids"][span] = d, torch.arange(n)
+            for j, aux in enumerate(s.aux_hidden_states):
+                row["aux_hidden_states"][span, j * h : (j + 1) * h] = aux[:n]
+            row["last_hidden_state"][span] = s.last_hidden_state[:n]
+            check_finite(path, row["aux_hidden_states"][span])
+            check_finite(path, row["last_hidden_state"][span])
             start += n
+        for name in ("input_ids", "loss_mask", "position_ids"):
+            row[name][start:] = 0
+        row["doc_ids"][start:] = -1  # padding
+        row["aux_hidden_states"][start:] = 0
+        row["last_hidden_state"][start:] = 0
         if r in self.padding:
-            mask.zero_()
-        return {
-            "input_ids": ids,
-            "loss_mask": mask,
-            "doc_ids": doc,
-            "position_ids": pos,
-            "aux_hidden_states": aux,
-            "last_hidden_state": last,
-        }
+            row["loss_mask"].zero_()
+        return row
+
+
+def _new_row(t: int, k: int, h: int) -> dict[str, torch.Tensor]:
+    shapes = {
+        "input_ids": ((t,), torch.long),
+        "loss_mask": ((t,), torch.long),
+        "doc_ids": ((t,), torch.long),
+        "position_ids": ((t,), torch.long),
+        "aux_hidden_states": ((t, k * h), torch.bfloat16),
+        "last_hidden_state": ((t, h), torch.bfloat16),
+    }
+    shared = torch.utils.data.get_worker_info() is not None
+    return {name: _empty(shape, dtype, shared) for name, (shape, dtype) in shapes.items()}
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised tensor, in shared memory if `shared` (allocated there, as torch's own
+    default_collate does in workers; `share_memory_()` would copy it)."""
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    numel = 1
+    for d in shape:
+        numel *= d
+    proto = torch.empty(0, dtype=dtype)
+    storage = proto._typed_storage()._new_shared(numel)
+    return proto.new(storage).view(shape)
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     errors = [it["error"] for it in items if "error" in it]
     if errors:
         return {"error": errors[0]}
+    if len(items) == 1:  # the loader's one row per batch: a view, not a copy
+        return {k: v.unsqueeze(0) for k, v in items[0].items()}
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 

@@ -68,3 +68,38 @@ def test_epoch_order_is_a_function_of_seed_and_epoch(tmp_path):
     assert epoch_rows(index, 40, 0, 1) != epoch_rows(index, 40, 0, 2)
     for rows in (epoch_rows(index, 40, 0, e) for e in range(3)):
         assert sorted(i for row in rows for i in row) == list(range(8))
+
+
+def test_loader_workers_hand_over_the_same_rows(tmp_path):
+    """Rows built in worker processes (in shared memory) equal rows built in this process, and
+    every field of a padded row's tail is the padding value."""
+    from speculators.train.data import make_loader
+
+    for i, n in enumerate([30, 50, 20, 90, 15]):
+        write(tmp_path / f"data_{i}.pt", n, seed=i)
+    index = index_data(tmp_path, 1, 0.0, seed=0)
+    rows = pack(list(range(5)), index.lengths, 100)
+    data = PackedRows(index.files, rows, 100, 1, padding={len(rows) - 1})
+    local = [data[r] for r in range(len(rows))]
+    loaded = list(make_loader(data, 2, False, seed=0))
+    assert len(loaded) == len(local)
+    for mine, theirs in zip(local, loaded):
+        assert set(theirs) == set(mine)
+        for k in mine:
+            assert theirs[k].shape == (1, *mine[k].shape) and torch.equal(theirs[k][0], mine[k])
+        tail = mine["doc_ids"] == -1
+        for k in ("input_ids", "loss_mask", "position_ids"):
+            assert not mine[k][tail].any()
+        assert (
+            not mine["aux_hidden_states"][tail].any() and not mine["last_hidden_state"][tail].any()
+        )
+    assert loaded[-1]["loss_mask"].sum() == 0  # a padding row counts nothing
+
+
+def test_a_sample_with_nan_is_named_by_the_loader(tmp_path):
+    ids, states, mask = write(tmp_path / "data_0.pt", 12)
+    states[1][3, 2] = float("nan")
+    save_sample(tmp_path / "data_1.pt", ids, states, mask)
+    index = index_data(tmp_path, 1, 0.0, seed=0)
+    out = PackedRows(index.files, [[0, 1]], 64, 1)[0]
+    assert "data_1.pt contains NaN or Inf" in out["error"]
