@@ -83,8 +83,8 @@ def plain_vllm_prefill(args, rows, model_dir: Path) -> dict:
 
     llm = vllm.LLM(
         model=str(model_dir), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
-        max_model_len=args.seq_length + 1, max_num_seqs=args.batch_size,
-        max_num_batched_tokens=args.batch_size * (args.seq_length + 1),
+        max_model_len=args.seq_length + 2, max_num_seqs=args.batch_size,
+        max_num_batched_tokens=args.batch_size * (args.seq_length + 2),
         enable_prefix_caching=False, enable_chunked_prefill=False,
         gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.no_compile,
     )  # fmt: skip

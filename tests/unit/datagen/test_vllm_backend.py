@@ -40,7 +40,7 @@ def settings(**overrides) -> DatagenConfig:
 def test_engine_kwargs_map_the_flags():
     kw = engine_kwargs(settings(tensor_parallel_size=4, gpu_memory_utilization=0.6), [3], "/x")
     assert kw["model"] == "/models/llama"
-    assert kw["max_model_len"] == 2048 + 1  # --seq-length default
+    assert kw["max_model_len"] == 2048 + 2  # --seq-length default
     assert kw["tensor_parallel_size"] == 4
     assert kw["gpu_memory_utilization"] == 0.6
     assert kw["dtype"] == "bfloat16"
@@ -65,8 +65,9 @@ def test_engine_kwargs_ask_for_the_supported_hidden_state_export():
 def test_engine_kwargs_admit_a_full_length_sample_prefilled_whole():
     s = settings(seq_length=4096, batch_size=16)
     kw = engine_kwargs(s, [1], "/x")
-    # vLLM refuses a prompt of max_model_len tokens: one position is left for the output token.
-    assert kw["max_model_len"] == s.seq_length + 1
+    # vLLM refuses a prompt of max_model_len tokens: one position is left for the output token,
+    # one for the speculative method's lookahead.
+    assert kw["max_model_len"] == s.seq_length + 2
     # A whole batch of full-length prompts fits one step's token budget.
     assert kw["max_num_batched_tokens"] >= s.batch_size * kw["max_model_len"]
     assert kw["max_num_seqs"] == s.batch_size

@@ -58,8 +58,9 @@ def capture_order(layer_ids: Sequence[int]) -> tuple[list[int], list[int]]:
 def engine_kwargs(settings: EngineSettings, vllm_layer_ids: list[int], storage: str) -> dict:
     """Keyword arguments of `vllm.LLM` for prefill-only hidden-state export."""
     # vLLM refuses a prompt as long as max_model_len (it must leave room for one output
-    # token), so a sample of exactly --seq-length tokens needs one position more.
-    max_model_len = settings.seq_length + 1
+    # token), and the export, a speculative method, looks one token further ahead: a sample
+    # of exactly --seq-length tokens needs two positions more.
+    max_model_len = settings.seq_length + 2
     return {
         "model": settings.target_model_path,
         "tensor_parallel_size": settings.tensor_parallel_size,
