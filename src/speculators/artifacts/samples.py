@@ -2,6 +2,10 @@
 
 Version 1 (written): {"input_ids": long [L], "hidden_states": [bf16 [L, H], ...] one per layer id,
 aux layers first and the last layer last, "loss_mask": long [L]}.
+With `--hidden-states-dtype fp8` the hidden states are float8_e4m3fn and the record holds
+"hidden_states_scale": [fp32 [L], ...], one scale per row (token) of each: value = fp8 * scale,
+scale = the row's largest magnitude / 448 (e4m3's largest finite value). Half the bytes; readers
+get bf16 back (`load_sample`).
 Version 0 (read only): {"input_ids", "loss_mask", "hidden_state": [L, k*H] aux concatenated,
 "target": [L, H] last layer}.
 """
@@ -40,19 +44,48 @@ def sample_index(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
+HIDDEN_DTYPES = ("bf16", "fp8")
+
+
+def quantize_fp8(hidden_LH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp8 [L, H], fp32 scale [L]): each row scaled so that its largest magnitude is e4m3's
+    largest value, which keeps e4m3's relative precision (3 mantissa bits) for every row
+    whatever its range. An all-zero row gets scale 1."""
+    h = hidden_LH.float()
+    amax = h.abs().amax(-1)
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    return (h / scale[:, None]).to(FP8), scale
+
+
+def dequantize_fp8(q_LH: torch.Tensor, scale_L: torch.Tensor) -> torch.Tensor:
+    return (q_LH.float() * scale_L.float()[:, None]).to(torch.bfloat16)
+
+
 def save_sample(
-    path: Path, input_ids: torch.Tensor, hidden_states: list[torch.Tensor], loss_mask: torch.Tensor
+    path: Path,
+    input_ids: torch.Tensor,
+    hidden_states: list[torch.Tensor],
+    loss_mask: torch.Tensor,
+    hidden_dtype: str = "bf16",
 ) -> None:
-    """Write a version-1 sample atomically. Each tensor is stored on its own storage, so the file
-    holds [L, H] and not a view of a larger batch tensor."""
+    """Write a version-1 sample atomically, its hidden states in bf16 or fp8 (`hidden_dtype`).
+    Each tensor is stored on its own storage, so the file holds [L, H] and not a view of a
+    larger batch tensor."""
     length = input_ids.shape[0]
-    assert loss_mask.shape == (length,)
+    assert loss_mask.shape == (length,) and hidden_dtype in HIDDEN_DTYPES
     assert all(h.shape[0] == length and h.ndim == 2 for h in hidden_states)
-    record = {
+    record: dict[str, object] = {
         "input_ids": _compact(input_ids, torch.long),
-        "hidden_states": [_compact(h, torch.bfloat16) for h in hidden_states],
         "loss_mask": _compact(loss_mask, torch.long),
     }
+    if hidden_dtype == "fp8":
+        quantized = [quantize_fp8(h) for h in hidden_states]
+        record["hidden_states"] = [q for q, _ in quantized]
+        record["hidden_states_scale"] = [scale for _, scale in quantized]
+    else:
+        record["hidden_states"] = [_compact(h, torch.bfloat16) for h in hidden_states]
     atomic_torch_save(path, record)
 
 
@@ -96,11 +129,16 @@ def load_sample(path: Path, data_format_version: int = 1, mmap: bool = False) ->
         input_ids, loss_mask = record["input_ids"], record["loss_mask"]
         if found == 1:
             states = list(record["hidden_states"])
+            if "hidden_states_scale" in record:  # fp8 with a scale per row
+                scales = list(record["hidden_states_scale"])
+                if len(scales) != len(states):
+                    raise KeyError("hidden_states_scale")
+                states = [dequantize_fp8(q, sc) for q, sc in zip(states, scales)]
             aux, last = states[:-1], states[-1]
         else:
             fused, last = record["hidden_state"], record["target"]
             aux = list(fused.chunk(fused.shape[-1] // last.shape[-1], dim=-1))
-    except (KeyError, TypeError, AttributeError, ZeroDivisionError) as e:
+    except (KeyError, TypeError, AttributeError, ZeroDivisionError, RuntimeError) as e:
         raise _fail(path, f"{e.__class__.__name__}: {e}") from None
     sample = Sample(input_ids.long(), aux, last, loss_mask.long())
     _check_shapes(path, sample)

@@ -5,6 +5,7 @@ memory). Datagen's vllm backend and `eval --engine vllm` both start their engine
 from __future__ import annotations
 
 import gc
+import os
 import warnings
 from typing import Any
 
@@ -69,6 +70,9 @@ def require_gpu(flag: str, alternative: str) -> None:
 
 def start_engine(vllm: Any, kwargs: dict[str, Any], flag: str, model: str) -> Any:
     """`vllm.LLM(**kwargs)`, with vLLM's start-up failures turned into one message."""
+    # Forked engine processes cannot use CUDA once this process has touched it (a device
+    # count is enough, and torch.cuda.is_initialized() does not see that): always spawn.
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     try:
         return vllm.LLM(**kwargs)
     except Exception as e:  # vLLM raises many types (ValueError, RuntimeError, its own)

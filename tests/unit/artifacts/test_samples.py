@@ -83,3 +83,38 @@ def test_written_files_get_the_umask_mode_not_owner_only(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "data_0.pt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_fp8_samples_round_trip_within_e4m3_precision_in_half_the_bytes(tmp_path):
+    """Each row keeps e4m3's relative precision (3 mantissa bits: rounding error at most 2^-4
+    of the value) whatever its range, outlier channels and all-zero rows included; values far
+    below the row's largest fall into e4m3's subnormals (error at most 2^-10 of the scale)."""
+    from speculators.artifacts.samples import FP8_MAX
+
+    g = torch.Generator().manual_seed(0)
+    n, h = 300, 512
+    states = [torch.randn(n, h, generator=g) * 3 for _ in range(4)]
+    states[0][:, 5] *= 300  # an outlier channel
+    states[1][7] = 0  # an all-zero row
+    states[2][:, :8] *= 1e-4  # values far below the row's largest
+    ids, mask = torch.arange(n), torch.ones(n, dtype=torch.long)
+    save_sample(tmp_path / "data_0.pt", ids, states, mask)
+    save_sample(tmp_path / "data_1.pt", ids, states, mask, hidden_dtype="fp8")
+    got = load_sample(tmp_path / "data_1.pt")
+    for x, d in zip(states, [*got.aux_hidden_states, got.last_hidden_state]):
+        assert d.dtype == torch.bfloat16 and d.shape == x.shape
+        scale = (x.abs().amax(-1, keepdim=True) / FP8_MAX).clamp(min=1e-30)
+        bound = torch.maximum(2**-4 * x.abs(), 2**-10 * scale) + 2**-8 * x.abs()  # + bf16
+        assert ((d.float() - x).abs() <= bound * 1.0001).all()
+    assert not got.last_hidden_state.isnan().any() and (got.aux_hidden_states[1][7] == 0).all()
+    bf16, fp8 = (tmp_path / "data_0.pt").stat().st_size, (tmp_path / "data_1.pt").stat().st_size
+    assert fp8 < 0.52 * bf16  # fp8 states plus one fp32 scale per row (H = 512)
+
+
+def test_fp8_sample_with_missing_scales_is_named(tmp_path):
+    save_sample(tmp_path / "data_0.pt", torch.arange(4), [torch.ones(4, 8)] * 2, torch.ones(4))
+    record = torch.load(tmp_path / "data_0.pt")
+    record["hidden_states_scale"] = [torch.ones(4)]  # one scale list for two layers
+    torch.save(record, tmp_path / "data_0.pt")
+    with pytest.raises(UserInputError, match="data_0.pt is corrupt"):
+        load_sample(tmp_path / "data_0.pt")
