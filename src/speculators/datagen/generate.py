@@ -23,7 +23,7 @@ import torch
 from speculators.artifacts.samples import sample_path
 from speculators.datagen.backends.base import HiddenStatesBackend, PendingCapture, launch_capture
 from speculators.datagen.writer import SampleWriter
-from speculators.errors import UserInputError, describe
+from speculators.errors import UserInputError, WriteError, describe
 
 # on_progress(num_samples_done, num_samples_total, num_tokens_computed_this_run)
 ProgressFn = Callable[[int, int, int], None]
@@ -96,8 +96,9 @@ def generate_samples(
     except BaseException as e:
         # Queued batches are still written: every file that exists afterwards is complete.
         writer.close(raise_error=False)
-        if e is writer.error and isinstance(e, OSError):
-            raise _write_error(writer, output_dir, e) from e
+        if e is writer.error and isinstance(e, (OSError, WriteError)):
+            cause = e.error if isinstance(e, WriteError) else e
+            raise _write_error(writer, output_dir, cause) from cause
         raise
     stats.bytes_written = writer.bytes_written
     stats.writer_wait_seconds = writer.wait_seconds
