@@ -17,8 +17,8 @@ FLAGS = {
         "--token-freq-path", "--train-data-path",
     },
     "vocab": {
-        "--draft-vocab-size", "--output-path", "--target-model-path", "--target-vocab-size",
-        "--token-freq-path",
+        "--allow-unrecorded-token-freq", "--draft-vocab-size", "--output-path", "--overwrite",
+        "--target-model-path", "--target-vocab-size", "--token-freq-path",
     },
     "train": {
         "--attention", "--config", "--d2t-path", "--data-format-version", "--data-path",
