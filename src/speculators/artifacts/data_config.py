@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from speculators.artifacts.atomic import atomic_write_json
+from speculators.artifacts.provenance import VerifierFingerprint
 from speculators.errors import UserInputError
 
 DATA_CONFIG_FILE = "data_config.json"
@@ -43,6 +44,8 @@ class ModelSection(_Section):
     hidden_size: int
     num_hidden_layers: int | None = None  # extra: lets train check layer ids without the verifier
     vocab_size: int | None = None  # extra
+    # extra: which verifier made the data, beyond its path (train and eval compare it)
+    verifier_fingerprint: VerifierFingerprint | None = None
 
 
 class DataSection(_Section):
