@@ -133,6 +133,14 @@ def load_data_config(path: Path) -> DataConfig:
         ) from None
 
 
+def find_data_configs(data_path: Path) -> dict[Path, DataConfig]:
+    """Every data_config.json in or below `data_path`, by the directory holding it."""
+    if not data_path.is_dir():
+        return {}
+    found = sorted(data_path.rglob(DATA_CONFIG_FILE))
+    return {path.parent: load_data_config(path) for path in found}
+
+
 def find_data_config(data_path: Path) -> DataConfig | None:
     """The data_config.json in `data_path` or, for data in subdirs, the first one found below."""
     direct = data_path / DATA_CONFIG_FILE

@@ -115,8 +115,9 @@ def _check(path: Path, s: Sample) -> None:
         if not torch.isfinite(h).all():
             raise UserInputError(
                 f"sample file {path} contains NaN or Inf hidden states; the verifier overflowed "
-                "on this sample. Delete the file (training skips nothing silently) or regenerate "
-                "it with `speculators datagen`."
+                "on this sample. Delete the file and pass --allow-missing-samples to train "
+                "without it (training skips nothing silently), or regenerate it with "
+                "`speculators datagen`."
             )
 
 

@@ -21,7 +21,8 @@ FLAGS = {
         "--target-model-path", "--target-vocab-size", "--token-freq-path",
     },
     "train": {
-        "--attention", "--config", "--d2t-path", "--data-format-version", "--data-path",
+        "--allow-missing-samples", "--allow-verifier-mismatch", "--attention", "--config",
+        "--d2t-path", "--data-format-version", "--data-path",
         "--device", "--epochs", "--log-dir", "--logger", "--lr", "--lr-decay", "--max-grad-norm",
         "--max-steps-per-epoch", "--nnodes", "--no-compile", "--no-resume-from-checkpoint",
         "--node-rank",
