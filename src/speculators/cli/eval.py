@@ -59,6 +59,8 @@ def eval_command(
     output_dir: Path = option(EvalConfig, "output_dir"),
     device: str = option(EvalConfig, "device"),
     dtype: str = option(EvalConfig, "dtype"),
+    overwrite: bool = option(EvalConfig, "overwrite"),
+    allow_verifier_mismatch: bool = option(EvalConfig, "allow_verifier_mismatch"),
 ) -> None:
     """Measure a draft's acceptance length offline: speculative decoding against its verifier."""
     config = build(EvalConfig, **dict(locals()))

@@ -33,10 +33,12 @@ class EvalConfig(StrictModel):
     temperature: float = Field(
         0.0,
         ge=0,
+        allow_inf_nan=False,
         description="0: greedy verification; > 0: rejection sampling at this temperature.",
     )
     seed: int = Field(
         0,
+        ge=0,
         description="Seed of the prompt choice and of sampling. Prompts come from the end of the "
         "same seeded shuffle datagen takes its conversations from the start of.",
     )
@@ -51,6 +53,16 @@ class EvalConfig(StrictModel):
     )
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
         "auto", description="Verifier and draft compute dtype (auto: bf16 on GPU, fp32 on CPU)."
+    )
+    overwrite: bool = Field(
+        False,
+        description="Replace the eval_results.json already in --output-dir (without it, the "
+        "command refuses and keeps it).",
+    )
+    allow_verifier_mismatch: bool = Field(
+        False,
+        description="Evaluate against a verifier other than the one the draft was trained on "
+        "(its fingerprint or embeddings differ), e.g. a fine-tuned or quantized variant.",
     )
 
     @model_validator(mode="after")

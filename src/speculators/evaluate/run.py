@@ -18,14 +18,15 @@ from speculators.artifacts.layer_ids import from_vllm_aux_layer_ids
 from speculators.config.eval import EvalConfig
 from speculators.devices import resolve_device
 from speculators.errors import UserInputError, describe
+from speculators.evaluate import checks
 from speculators.evaluate.decode import DecodeStats, as_generator, speculative_generate
 from speculators.evaluate.models import EagleProposer, HFVerifier
 from speculators.evaluate.prompts import load_prompts
 from speculators.models.verifier import load_verifier_config
 
-RESULTS_FILE = "eval_results.json"
-GENERATIONS_FILE = "generations.jsonl"
-VERIFIER_FLAG = "--verifier-name-or-path"
+RESULTS_FILE = checks.RESULTS_FILE
+GENERATIONS_FILE = checks.GENERATIONS_FILE
+VERIFIER_FLAG = checks.VERIFIER_FLAG
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 # on_progress(prompts done, prompts total, stats so far)
@@ -143,6 +144,7 @@ def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
 def run_eval(config: EvalConfig, on_progress: ProgressFn | None = None) -> EvalResult:
     """Speculatively decode `config.num_prompts` prompts and write eval_results.json."""
     start = time.perf_counter()
+    checks.check_outputs(config)
     device = resolve_device(config.device)
     dtype = DTYPES.get(config.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
     draft, draft_config = load_draft(config.checkpoint_dir, device)
@@ -154,14 +156,17 @@ def run_eval(config: EvalConfig, on_progress: ProgressFn | None = None) -> EvalR
         )
     vconfig = load_verifier_config(verifier_name, VERIFIER_FLAG)
     aux_ids = check_draft_fits(config.checkpoint_dir, draft_config, verifier_name, vconfig)
+    allow = config.allow_verifier_mismatch
+    notes = checks.check_verifier(config.checkpoint_dir, draft_config, verifier_name, allow)
     model, tokenizer = _load_verifier(verifier_name, dtype, device)
-    check_embeddings(config.checkpoint_dir, verifier_name, draft, model)
+    if not allow:
+        check_embeddings(config.checkpoint_dir, verifier_name, draft, model)
     draft = draft.to(dtype)
     k = config.num_speculative_tokens or _checkpoint_k(draft_config)
     prompts = load_prompts(
         config.data_path, tokenizer, config.num_prompts, config.seed, config.max_prompt_tokens
     )
-    notes = [prompts.note] if prompts.note else []
+    notes += [prompts.note] if prompts.note else []
     if len(prompts.prompts) < config.num_prompts:
         notes.append(f"only {len(prompts.prompts)} usable prompts in {config.data_path}")
 
@@ -183,7 +188,7 @@ def run_eval(config: EvalConfig, on_progress: ProgressFn | None = None) -> EvalR
         verifier.close()
 
     out_dir = config.output_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    checks.clear_outputs(out_dir)
     result = EvalResult(
         stats=stats,
         checkpoint_dir=config.checkpoint_dir,

@@ -32,9 +32,9 @@ FLAGS = {
         "--warmup-steps", "--weight-decay",
     },
     "eval": {
-        "--data-path", "--device", "--dtype", "--max-new-tokens", "--max-prompt-tokens",
-        "--num-prompts", "--num-speculative-tokens", "--output-dir", "--seed", "--temperature",
-        "--verifier-name-or-path",
+        "--allow-verifier-mismatch", "--data-path", "--device", "--dtype", "--max-new-tokens",
+        "--max-prompt-tokens", "--num-prompts", "--num-speculative-tokens", "--output-dir",
+        "--overwrite", "--seed", "--temperature", "--verifier-name-or-path",
     },
     "pipeline": {
         "--config", "--from-stage", "--output-dir", "--set", "--target-model-path", "--to-stage",
