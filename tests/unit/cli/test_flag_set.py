@@ -37,8 +37,8 @@ FLAGS = {
         "--overwrite", "--seed", "--temperature", "--verifier-name-or-path",
     },
     "pipeline": {
-        "--config", "--from-stage", "--output-dir", "--set", "--target-model-path", "--to-stage",
-        "--train-data-path",
+        "--config", "--from-stage", "--output-dir", "--overwrite", "--set",
+        "--target-model-path", "--to-stage", "--train-data-path",
     },
 }  # fmt: skip
 
