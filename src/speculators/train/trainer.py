@@ -197,12 +197,12 @@ class Trainer:
     def _check_finite(self, summary: dict[str, float]) -> None:
         """Before a save: the weights (and the validation metrics) are finite on every rank; the
         last step of an epoch may have broken them after its loss was read."""
-        bad = sum(
-            int((~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum())
+        local = [
+            (~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum()
             for p in self.model.parameters()
             if p.requires_grad
-        )
-        (total,) = self.parallel.sum([float(bad)])
+        ]
+        (total,) = self.parallel.sum([float(torch.stack(local).sum())])  # one sync per save
         if total:
             raise self._diverged(f"{int(total)} weights are NaN or infinite after the last step")
         broken = [k for k, v in summary.items() if k.startswith("val/") and not math.isfinite(v)]
