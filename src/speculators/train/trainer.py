@@ -23,6 +23,7 @@ from speculators.errors import UserInputError, compile_errors, compile_failure
 from speculators.models.eagle3 import Eagle3Draft
 from speculators.train.attention import AttentionImpl
 from speculators.train.compiled import compile_layers
+from speculators.train.divergence import check_finite, diverged
 from speculators.train.loss import TTTMetrics
 from speculators.train.parallel import Parallel, SingleProcess, reduce_metrics
 from speculators.train.prefetch import prefetch_to_device
@@ -156,7 +157,7 @@ class Trainer:
         total_loss, rows = self.parallel.sum([float(loss_sum), float(len(micro))])
         norm = float(grad_norm)
         if not (math.isfinite(total_loss) and math.isfinite(norm)):
-            raise self._diverged(f"the loss is {total_loss / rows:g} (gradient norm {norm:g})")
+            raise diverged(self, f"the loss is {total_loss / rows:g} (gradient norm {norm:g})")
         metrics = reduce_metrics(metrics, self.parallel)
         out = metrics.summary("train/")
         out["train/loss"] = total_loss / rows
@@ -180,40 +181,11 @@ class Trainer:
             total.merge(metrics)
         return reduce_metrics(total, self.parallel)
 
-    def _diverged(self, what: str) -> UserInputError:
-        o = self.options
-        last = self.save_path / str(self.epoch - 1)
-        where = (
-            f"the last good checkpoint is {last}, and a rerun resumes from it"
-            if self.epoch > 0 and ckpt.is_complete_checkpoint(last)
-            else "no epoch had been saved yet"
-        )
-        return UserInputError(
-            f"training diverged in epoch {self.epoch} (step {self.global_step}): {what}. Nothing "
-            f"of this epoch was saved; {where}. Lower --lr (now {o.lr:g}) or --max-grad-norm "
-            f"(now {o.max_grad_norm:g}) and rerun."
-        )
-
-    def _check_finite(self, summary: dict[str, float]) -> None:
-        """Before a save: the weights (and the validation metrics) are finite on every rank; the
-        last step of an epoch may have broken them after its loss was read."""
-        local = [
-            (~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum()
-            for p in self.model.parameters()
-            if p.requires_grad
-        ]
-        (total,) = self.parallel.sum([float(torch.stack(local).sum())])  # one sync per save
-        if total:
-            raise self._diverged(f"{int(total)} weights are NaN or infinite after the last step")
-        broken = [k for k, v in summary.items() if k.startswith("val/") and not math.isfinite(v)]
-        if broken:
-            raise self._diverged(f"the validation {broken[0]} is {summary[broken[0]]:g}")
-
     def save(self, epoch: int, summary: dict[str, float]) -> Path:
         """Write `save_path/{epoch}` (a complete checkpoint or nothing). Every rank calls this
         (the full state is gathered from all); only the main rank writes. Checkpoints of other
         runs are deleted once this run has one (artifacts.checkpoint_runs)."""
-        self._check_finite(summary)
+        check_finite(self, summary)
         state = self.parallel.model_state(self.model)
         optimizer_state = self.parallel.optimizer_state(self.model, self.optimizer)
         path = self.save_path / str(epoch)
