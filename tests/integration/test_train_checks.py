@@ -274,6 +274,28 @@ def test_a_nan_step_is_caught_by_its_loss_without_saving(base, tiny_llama, train
 # ---- what it leaves behind -----------------------------------------------------------------
 
 
+def test_a_full_disk_while_saving_names_the_checkpoint_and_keeps_the_others(
+    base, save, monkeypatch
+):
+    import errno
+
+    from speculators.artifacts import checkpoint
+
+    real = checkpoint.atomic_torch_save
+
+    def save_or_fill_disk(path, obj):
+        if Path(path).name != "optimizer.pt":
+            return real(path, obj)
+        with atomic.atomic_path(path):  # the error comes from inside a write, as a real one does
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", save_or_fill_disk)
+    before = snapshot(save)
+    code, out = train(base[0], save, epochs="3")
+    assert code == 2 and f"cannot write {save / '2'}: No space left on device" in out
+    assert snapshot(save) == before  # epochs 0 and 1 as they were, no temp left behind
+
+
 def test_checkpoints_are_readable_by_others_and_temps_are_cleaned(base, save):
     (save / ".tmp-2.abc123").mkdir()
     (save / ".tmp-2.abc123" / "model.safetensors").write_bytes(b"half")

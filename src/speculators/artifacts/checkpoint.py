@@ -23,7 +23,7 @@ from speculators.artifacts.atomic import (
     replace_dir,
     temp_dir_beside,
 )
-from speculators.errors import UserInputError
+from speculators.errors import UserInputError, WriteError
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -119,6 +119,8 @@ def save_checkpoint(
                 atomic_torch_save(tmp / name, state)
         atomic_write_json(tmp / TRAINING_STATE_FILE, training_state)
         replace_dir(tmp, checkpoint_dir)
+    except WriteError as e:  # name the checkpoint, not the temp dir it was being built in
+        raise WriteError(checkpoint_dir, e.error) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return checkpoint_dir
