@@ -17,6 +17,24 @@ def describe(error: BaseException) -> str:
     return f"{error.__class__.__name__}: {text.splitlines()[0] if text else ''}"
 
 
+class WriteError(UserInputError):
+    """An output that could not be written (disk full, permissions, a file where a directory
+    should be): the message names the path and the system's reason."""
+
+    def __init__(self, path: object, error: OSError) -> None:
+        self.path, self.error = path, error
+        reason = error.strerror or describe(error)
+        super().__init__(
+            f"cannot write {path}: {reason}. Free space or fix the permissions there (or choose "
+            "another output location) and rerun the same command; files already written are "
+            "complete and were not changed."
+        )
+
+
+def write_failure(path: object, error: OSError) -> WriteError:
+    return WriteError(path, error)
+
+
 def compile_errors() -> tuple[type[Exception], ...]:
     """What a failing torch.compile raises, at the first call of the compiled code (imported
     only when an exception is being matched: torch._dynamo takes most of a second to import)."""

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from speculators.artifacts.atomic import atomic_write_json
-from speculators.artifacts.checkpoint import is_complete_checkpoint
+from speculators.artifacts.checkpoint_runs import current_run_id, latest_checkpoint
 from speculators.artifacts.data_config import DATA_CONFIG_FILE, load_data_config
+from speculators.artifacts.output_paths import check_output_dir
 from speculators.artifacts.samples import first_missing_index
 from speculators.config.base import flag
 from speculators.config.pipeline import STAGES, PipelineConfig
@@ -35,6 +36,7 @@ STATE_FILE = "pipeline_state.json"
 NOT_FINGERPRINTED = {"batch_size", "num_workers", "device", "logger", "run_name", "overwrite"}
 NOT_FINGERPRINTED |= {"no_resume_from_checkpoint", "gpu_memory_utilization"}
 NOT_FINGERPRINTED |= {"nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint"}
+OUTPUT_DIRS = ("data", "vocab", "checkpoints", "logs", "eval")
 
 
 class PipelineView(Protocol):
@@ -100,7 +102,8 @@ def outputs_complete(stage: str, config: Any) -> bool:
             config.output_path / "t2d.npy"
         ).is_file()
     if stage == "train":
-        return is_complete_checkpoint(config.save_path / str(config.epochs - 1))
+        last = latest_checkpoint(config.save_path, current_run_id(config.save_path))
+        return last == config.save_path / str(config.epochs - 1)
     return (config.output_dir / "eval_results.json").is_file()
 
 
@@ -146,16 +149,38 @@ def _load_state(path: Path) -> dict[str, Any]:
         return {}
 
 
+def check_ownership(config: PipelineConfig) -> None:
+    """The pipeline replaces the outputs under its root freely, so it refuses a root it did not
+    make (files in its output dirs but no pipeline_state.json) unless --overwrite."""
+    root = config.output_dir
+    check_output_dir(root, "--output-dir")
+    if (root / STATE_FILE).exists() or config.overwrite:
+        return
+    used = [
+        f"{sub}/" for sub in OUTPUT_DIRS if (root / sub).is_dir() and any((root / sub).iterdir())
+    ]
+    if used:
+        raise UserInputError(
+            f"--output-dir {root} already holds {', '.join(used)} but no {STATE_FILE}: files the "
+            "pipeline did not make, which its stages would replace. Pass another --output-dir, "
+            "or --overwrite to let the pipeline replace them."
+        )
+
+
 def run_pipeline(config: PipelineConfig, view: PipelineView | None = None) -> PipelineResult:
     """Run (or skip) each stage from the first to `config.to_stage`."""
     view = view or PrintView()
     configs = config.stage_configs()
+    check_ownership(config)
     root = config.output_dir
     root.mkdir(parents=True, exist_ok=True)
-    for sub in ("data", "vocab", "checkpoints", "logs", "eval"):
-        (root / sub).mkdir(exist_ok=True)
     state_path = root / STATE_FILE
-    state = _load_state(state_path) or {"version": 1, "stages": {}}
+    state = _load_state(state_path)
+    if not state:
+        state = {"version": 1, "stages": {}}
+        atomic_write_json(state_path, state)  # the root is the pipeline's from now on
+    for sub in OUTPUT_DIRS:
+        (root / sub).mkdir(exist_ok=True)
     result = PipelineResult()
     upstream: list[str] = []
     forced = False

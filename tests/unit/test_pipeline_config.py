@@ -60,6 +60,7 @@ def test_yaml_and_toml_agree_and_resolve_every_stage(tmp_path: Path):
     assert s["eval"] == EvalConfig(
         checkpoint_dir=Path("run/checkpoints/2"), verifier_name_or_path="./model",
         data_path="sharegpt", num_prompts=10, output_dir=Path("run/eval"), seed=0,
+        overwrite=True,
     )  # fmt: skip
 
 

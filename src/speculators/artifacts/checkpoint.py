@@ -1,23 +1,29 @@
 """Draft checkpoints `save_path/{epoch}/` (SPEC §3): weights + config vLLM serves, and resume state.
 
-A checkpoint is built in a hidden temp dir beside its final place and renamed into place when
-every file is written, so a killed run never leaves a directory named `{epoch}` that is
-incomplete; `training_state.json` is written last inside it as a second completeness marker.
+A checkpoint is built in a hidden temp dir beside its final place and swapped into place when
+every file is written (artifacts.atomic.replace_dir: crash-safe even when it replaces an older
+`{epoch}`), so a killed run never leaves a directory named `{epoch}` that is incomplete;
+`training_state.json` is written last inside it as a second completeness marker.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from speculators.artifacts.atomic import atomic_torch_save, atomic_write_json
-from speculators.errors import UserInputError
+from speculators.artifacts.atomic import (
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_json,
+    replace_dir,
+    temp_dir_beside,
+)
+from speculators.errors import UserInputError, WriteError
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -39,14 +45,22 @@ def speculators_config(
     verifier_architectures: list[str],
     speculative_tokens: int,
     speculators_version: str,
+    verifier_fingerprint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """config.json in the speculators format that vLLM reads (`vllm serve <checkpoint dir>`).
 
     `eagle_aux_hidden_state_layer_ids` is in vLLM's convention (the layer a tensor enters).
     vLLM sizes the draft's `fc` from `transformer_layer_config["num_aux_hidden_states"]` and
-    assumes 3 without it, so it is always written.
+    assumes 3 without it, so it is always written. `verifier_fingerprint`
+    (artifacts.provenance) is an extra key vLLM ignores; eval checks it.
     """
     layer_config = {**transformer_layer_config, "num_aux_hidden_states": len(vllm_aux_layer_ids)}
+    verifier: dict[str, Any] = {
+        "name_or_path": verifier_name_or_path,
+        "architectures": list(verifier_architectures),
+    }
+    if verifier_fingerprint is not None:
+        verifier["fingerprint"] = verifier_fingerprint
     return {
         "architectures": ["Eagle3Speculator"],
         "model_type": "speculators",
@@ -68,10 +82,7 @@ def speculators_config(
                     "accept_tolerance": 0.0,
                 }
             ],
-            "verifier": {
-                "name_or_path": verifier_name_or_path,
-                "architectures": list(verifier_architectures),
-            },
+            "verifier": verifier,
         },
     }
 
@@ -91,12 +102,13 @@ def save_checkpoint(
     `model_state` is saved as bf16 safetensors (floating tensors; d2t/t2d keep their dtype),
     as vLLM loads it (`served_weights`).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{checkpoint_dir.name}.", dir=checkpoint_dir.parent))
+    tmp = temp_dir_beside(checkpoint_dir)
     try:
-        save_file(served_weights(model_state, config), str(tmp / WEIGHTS_FILE), {"format": "pt"})
+        # Serialized here and written by atomic_write, so a full disk is one clear message.
+        data = save(served_weights(model_state, config), metadata={"format": "pt"})
+        atomic_write(tmp / WEIGHTS_FILE, lambda f: f.write(data))
         atomic_write_json(tmp / CONFIG_FILE, config)
         for name, state in (
             (OPTIMIZER_FILE, optimizer_state),
@@ -106,13 +118,9 @@ def save_checkpoint(
             if state is not None:
                 atomic_torch_save(tmp / name, state)
         atomic_write_json(tmp / TRAINING_STATE_FILE, training_state)
-        if checkpoint_dir.exists():
-            # Move the old one aside first so that the new name appears in one rename.
-            old = checkpoint_dir.with_name(f".tmp-old-{checkpoint_dir.name}")
-            shutil.rmtree(old, ignore_errors=True)
-            checkpoint_dir.rename(old)
-            shutil.rmtree(old, ignore_errors=True)
-        tmp.rename(checkpoint_dir)
+        replace_dir(tmp, checkpoint_dir)
+    except WriteError as e:  # name the checkpoint, not the temp dir it was being built in
+        raise WriteError(checkpoint_dir, e.error) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return checkpoint_dir
@@ -152,7 +160,42 @@ def find_latest_complete_checkpoint(save_path: Path) -> Path | None:
 
 
 def read_training_state(checkpoint_dir: Path) -> dict[str, Any]:
-    return json.loads((checkpoint_dir / TRAINING_STATE_FILE).read_text())
+    path = checkpoint_dir / TRAINING_STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        state = None
+    if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+        raise UserInputError(
+            f"checkpoint {checkpoint_dir} is damaged: {path.name} is unreadable or not a "
+            "training state. Delete that directory to resume from the epoch before it, or pass "
+            "--no-resume-from-checkpoint to start over."
+        )
+    return state
+
+
+def read_resume_state(checkpoint_dir: Path) -> dict[str, Any]:
+    """The files a resume reads beside the weights (trainer state, optimizer, scheduler), by
+    name; a missing or damaged one is a UserInputError naming the checkpoint and the way out."""
+    files = (TRAINER_STATE_FILE, OPTIMIZER_FILE, SCHEDULER_FILE)
+    missing = [name for name in files if not (checkpoint_dir / name).is_file()]
+    if missing:
+        raise UserInputError(
+            f"checkpoint {checkpoint_dir} has no {' or '.join(missing)}, so training cannot "
+            "continue from it (its weights still serve in vLLM). Pass "
+            "--no-resume-from-checkpoint to start over, or another --save-path."
+        )
+    out = {}
+    for name in files:
+        try:
+            out[name] = torch.load(checkpoint_dir / name, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for a damaged file
+            raise UserInputError(
+                f"checkpoint {checkpoint_dir} is damaged: {name} is unreadable "
+                f"({e.__class__.__name__}). Delete that directory to resume from the epoch "
+                "before it, or pass --no-resume-from-checkpoint to start over."
+            ) from None
+    return out
 
 
 def load_draft_config(checkpoint_dir: Path) -> dict[str, Any]:
@@ -175,6 +218,7 @@ def load_draft_config(checkpoint_dir: Path) -> dict[str, Any]:
 
 def load_draft(checkpoint_dir: Path, device: str | torch.device = "cpu") -> tuple[Any, dict]:
     """Load a draft checkpoint as (Eagle3Draft in fp32, eval mode; its config.json dict)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import LlamaConfig
 
@@ -193,9 +237,10 @@ def load_draft(checkpoint_dir: Path, device: str | torch.device = "cpu") -> tupl
     weights_path = checkpoint_dir / WEIGHTS_FILE
     try:
         state = load_file(str(weights_path))
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise UserInputError(
-            f"{weights_path}: cannot read the draft weights ({e.__class__.__name__}: {e})."
+            f"{weights_path}: cannot read the draft weights ({e.__class__.__name__}: {e}). The "
+            "file is damaged (e.g. a partial copy): copy it again, or use another checkpoint."
         ) from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     if full_vocab(config):  # the identity mapping is not stored (served_weights)

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from speculators.artifacts.atomic import atomic_write_json
+from speculators.artifacts.provenance import VerifierFingerprint
 from speculators.errors import UserInputError
 
 DATA_CONFIG_FILE = "data_config.json"
@@ -43,6 +44,8 @@ class ModelSection(_Section):
     hidden_size: int
     num_hidden_layers: int | None = None  # extra: lets train check layer ids without the verifier
     vocab_size: int | None = None  # extra
+    # extra: which verifier made the data, beyond its path (train and eval compare it)
+    verifier_fingerprint: VerifierFingerprint | None = None
 
 
 class DataSection(_Section):
@@ -128,6 +131,14 @@ def load_data_config(path: Path) -> DataConfig:
             f"{path} is not a valid data_config.json: {e}. It is written by `speculators "
             "datagen`; regenerate the data or fix the file."
         ) from None
+
+
+def find_data_configs(data_path: Path) -> dict[Path, DataConfig]:
+    """Every data_config.json in or below `data_path`, by the directory holding it."""
+    if not data_path.is_dir():
+        return {}
+    found = sorted(data_path.rglob(DATA_CONFIG_FILE))
+    return {path.parent: load_data_config(path) for path in found}
 
 
 def find_data_config(data_path: Path) -> DataConfig | None:

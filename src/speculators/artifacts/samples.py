@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from speculators.artifacts.atomic import atomic_torch_save
+from speculators.artifacts.data_config import DATA_CONFIG_FILE
 from speculators.errors import UserInputError
 
 FILE_PATTERN = "data_{idx}.pt"
@@ -172,15 +173,26 @@ def check_finite(path: Path, hidden: torch.Tensor) -> None:
     if not torch.isfinite(hidden).all():
         raise UserInputError(
             f"sample file {path} contains NaN or Inf hidden states; the verifier overflowed "
-            "on this sample. Delete the file (training skips nothing silently) or regenerate "
-            "it with `speculators datagen`."
+            "on this sample. Delete the file and pass --allow-missing-samples to train "
+            "without it (training skips nothing silently), or regenerate it with "
+            "`speculators datagen`."
         )
 
 
 def list_sample_files(data_path: Path) -> list[Path]:
-    """Every .pt sample under `data_path`, recursively, in a stable order (by dir, then index)."""
-    files = [p for p in data_path.rglob("*.pt") if not p.name.startswith(".tmp-")]
-    files = [p for p in files if p.name != "token_freq.pt"]
+    """Every .pt sample under `data_path`, recursively, in a stable order (by dir, then index).
+
+    In a directory with a data_config.json (datagen's) only `data_{idx}.pt` files are samples,
+    so other files there (a token_freq.pt under any name) are never read as one. Hidden files
+    and directories (temps of a killed writer) are skipped everywhere."""
+    configured = {p.parent for p in data_path.rglob(DATA_CONFIG_FILE)}
+    files = [
+        p
+        for p in data_path.rglob("*.pt")
+        if not any(part.startswith(".") for part in p.relative_to(data_path).parts)
+        and p.name != "token_freq.pt"
+        and (p.parent not in configured or sample_index(p) is not None)
+    ]
 
     def key(p: Path) -> tuple[str, int, str]:
         idx = sample_index(p)

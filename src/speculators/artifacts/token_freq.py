@@ -1,53 +1,85 @@
-"""token_freq.pt: token id -> count over loss-masked tokens, plus a sidecar saying what was counted.
+"""token_freq.pt: token id -> count over loss-masked tokens, with a record of what was counted.
 
-The .pt file is exactly what the reference tools write (`torch.save` of `dict[int, int]`), so
-files move freely between tools. The sidecar `token_freq.pt.meta.json` records the tokenizer and
-data the counts came from, so that a stale file is never silently reused for other data.
+The file is what the reference tools write and read, `torch.save` of a plain `dict[int, int]`:
+`torch.load(path)` returns exactly the counts, nothing else. The record of what they were
+counted over (the verifier's tokenizer and vocab size, the data, datagen's fingerprint) travels
+inside the same file: torch.save writes a zip archive, and the record is one more member of it,
+`<archive>/speculators/token_freq_meta.json`, which torch.load never reads. A copy of the file
+keeps its record; no reader sees a changed dict. Files from earlier versions of this tool keep
+their record in a sidecar, `token_freq.pt.meta.json`, which is still read.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from speculators.artifacts.atomic import atomic_torch_save, atomic_write_json
-from speculators.config.base import StrictModel
+from speculators.artifacts.atomic import atomic_path
 from speculators.errors import UserInputError
 
+RECORD_NAME = "speculators/token_freq_meta.json"
 
-class TokenFreqMeta(StrictModel):
+
+class TokenFreqMeta(BaseModel):
     """What a token_freq.pt was counted over."""
 
-    fingerprint: str  # hash of tokenizer + dataset + preprocessing settings
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    fingerprint: str  # datagen's: tokenizer + dataset + preprocessing settings + model + layers
     target_model_path: str
     train_data_path: str
     vocab_size: int
     num_samples: int
     num_tokens: int
+    tokenizer: str | None = None  # the verifier fingerprint's tokenizer part (token ids)
 
 
 def meta_path(path: Path) -> Path:
+    """The sidecar earlier versions wrote beside the file."""
     return path.with_name(path.name + ".meta.json")
 
 
 def save_token_freq(path: Path, counts: dict[int, int], meta: TokenFreqMeta) -> None:
-    atomic_torch_save(path, {int(k): int(v) for k, v in counts.items()})
-    atomic_write_json(meta_path(path), meta.model_dump(mode="json"))
+    import torch
+
+    plain = {int(k): int(v) for k, v in counts.items()}
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(plain, f)
+        with zipfile.ZipFile(tmp, "a", compression=zipfile.ZIP_STORED) as archive:
+            prefix = archive.namelist()[0].split("/")[0]
+            archive.writestr(f"{prefix}/{RECORD_NAME}", meta.model_dump_json(indent=2))
+    # A sidecar left by an earlier version describes the file this one replaced.
+    meta_path(path).unlink(missing_ok=True)
 
 
 def load_token_freq_meta(path: Path) -> TokenFreqMeta | None:
-    """The sidecar of `path`, or None for a file written by another tool (no sidecar)."""
-    side = meta_path(path)
-    if not side.exists():
-        return None
+    """The record inside `path`, else its sidecar (earlier versions), else None (a file written
+    by another tool, or by hand)."""
+    text, where = None, path
     try:
-        return TokenFreqMeta.model_validate(json.loads(side.read_text()))
-    except (OSError, ValueError, ValidationError) as e:
+        with zipfile.ZipFile(path) as archive:
+            member = next((n for n in archive.namelist() if n.endswith("/" + RECORD_NAME)), None)
+            text = archive.read(member).decode() if member else None
+    except (OSError, zipfile.BadZipFile, ValueError):
+        text = None  # torch's legacy (non-zip) format or not a torch file: no record inside
+    if text is None:
+        where = meta_path(path)
+        if not where.exists():
+            return None
+        try:
+            text = where.read_text()
+        except OSError as e:
+            raise UserInputError(f"cannot read {where} ({e.strerror}).") from None
+    try:
+        return TokenFreqMeta.model_validate(json.loads(text))
+    except (ValueError, ValidationError) as e:
         raise UserInputError(
-            f"{side} is not a valid token-frequency sidecar ({e.__class__.__name__}). Delete it "
-            "and rerun `speculators datagen` to recount."
+            f"{where}: the record of what the token counts were made from is damaged "
+            f"({e.__class__.__name__}). Rerun `speculators datagen` to recount."
         ) from None
 
 
@@ -81,5 +113,11 @@ def load_token_freq(path: Path) -> dict[int, int]:
         raise UserInputError(
             f"token frequency file {path} has negative ids or counts (e.g. id {negative[0]}); "
             "recreate it with `speculators datagen`."
+        )
+    if not any(obj.values()):
+        raise UserInputError(
+            f"token frequency file {path} counts no tokens ({len(obj)} ids, all counts 0): a "
+            "draft vocabulary chosen from it would be arbitrary. It must come from `speculators "
+            "datagen` over data with assistant turns; rerun datagen to recount."
         )
     return obj

@@ -60,11 +60,21 @@ def build(config_cls: type[ModelT], **values: Any) -> ModelT:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn UserInputError (raised by core code for bad files and data) into a clean exit 2."""
+    """Turn UserInputError (raised by core code for bad files and data), and file-system errors
+    that name their path, into a clean exit 2."""
     try:
         yield
     except UserInputError as e:
         fail(str(e))
+    except OSError as e:
+        # A file-system failure no check foresaw (a disk filling up under a library's writes):
+        # still one message naming the path, never a traceback.
+        if e.filename is None:
+            raise
+        fail(
+            f"{e.filename}: {e.strerror or e}. Check that path, its permissions and the free "
+            "space there, then rerun the same command: files already written are complete."
+        )
     except KeyboardInterrupt:
         err_console.print("interrupted; files already written are complete and a rerun resumes.")
         raise typer.Exit(130) from None

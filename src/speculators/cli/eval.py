@@ -74,6 +74,8 @@ def eval_command(
     concurrency: int = option(EvalConfig, "concurrency"),
     tensor_parallel_size: int = option(EvalConfig, "tensor_parallel_size"),
     gpu_memory_utilization: float = option(EvalConfig, "gpu_memory_utilization"),
+    overwrite: bool = option(EvalConfig, "overwrite"),
+    allow_verifier_mismatch: bool = option(EvalConfig, "allow_verifier_mismatch"),
 ) -> None:
     """Measure a draft's acceptance length offline: speculative decoding against its verifier."""
     config = build(EvalConfig, **dict(locals()))

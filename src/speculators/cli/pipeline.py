@@ -72,6 +72,7 @@ def pipeline(
     train_data_path: str = option(PipelineConfig, "train_data_path"),
     from_stage: str = option(PipelineConfig, "from_stage"),
     to_stage: str = option(PipelineConfig, "to_stage", default=None),
+    overwrite: bool = option(PipelineConfig, "overwrite"),
     set_: list[str] = typer.Option(
         None,
         "--set",
@@ -91,6 +92,7 @@ def pipeline(
                 "train_data_path": train_data_path,
                 "from_stage": from_stage,
                 "to_stage": to_stage,
+                "overwrite": overwrite or None,
             }
             values |= {k: v for k, v in flags.items() if v is not None}
             values = apply_overrides(values, set_ or [])

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -49,6 +50,9 @@ class _ConsoleView:
         )
         self.task: Any = None
         self.accuracy = ""
+
+    def note(self, text: str) -> None:
+        console.print(f"[bold]note:[/bold] {escape(text)}", highlight=False, soft_wrap=True)
 
     def start(self, first_epoch: int, epochs: int, rows_per_epoch: list[int]) -> None:
         self.rows, self.epochs = rows_per_epoch, epochs
@@ -130,6 +134,8 @@ def train(
     nnodes: int = option(TrainConfig, "nnodes"),
     node_rank: int = option(TrainConfig, "node_rank"),
     rdzv_endpoint: str = option(TrainConfig, "rdzv_endpoint"),
+    allow_verifier_mismatch: bool = option(TrainConfig, "allow_verifier_mismatch"),
+    allow_missing_samples: bool = option(TrainConfig, "allow_missing_samples"),
     config_file: Path = typer.Option(
         None,
         "--config",

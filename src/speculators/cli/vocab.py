@@ -16,6 +16,8 @@ def vocab(
     target_vocab_size: int = option(VocabConfig, "target_vocab_size"),
     target_model_path: str = option(VocabConfig, "target_model_path"),
     output_path: Path = option(VocabConfig, "output_path"),
+    overwrite: bool = option(VocabConfig, "overwrite"),
+    allow_unrecorded_token_freq: bool = option(VocabConfig, "allow_unrecorded_token_freq"),
 ) -> None:
     """Build the draft vocabulary (d2t.npy, t2d.npy) from datagen's token frequencies."""
     config = build(
@@ -25,6 +27,8 @@ def vocab(
         target_vocab_size=target_vocab_size,
         target_model_path=target_model_path,
         output_path=output_path,
+        overwrite=overwrite,
+        allow_unrecorded_token_freq=allow_unrecorded_token_freq,
     )
     from speculators.vocab import run_vocab
 
@@ -42,4 +46,6 @@ def vocab(
     )
     table.add_row("d2t", str(result.d2t_path))
     table.add_row("t2d", str(result.t2d_path))
+    for note in result.notes:
+        table.add_row("note", note)
     console.print(table)

@@ -44,7 +44,9 @@ class DatagenConfig(StrictModel):
         1, gt=0, description="GPUs per model replica (vllm backend only)."
     )
     batch_size: int = Field(8, gt=0, description="Conversations per forward pass.")
-    seed: int = Field(0, description="Seed of the shuffle that picks and orders conversations.")
+    seed: int = Field(
+        0, ge=0, description="Seed of the shuffle that picks and orders conversations."
+    )
     token_freq_path: Path = Field(
         Path("./token_freq.pt"),
         description="Where to write token counts over assistant tokens (input of `vocab`).",

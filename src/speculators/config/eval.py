@@ -33,10 +33,12 @@ class EvalConfig(StrictModel):
     temperature: float = Field(
         0.0,
         ge=0,
+        allow_inf_nan=False,
         description="0: greedy verification; > 0: rejection sampling at this temperature.",
     )
     seed: int = Field(
         0,
+        ge=0,
         description="Seed of the prompt choice and of sampling. Prompts come from the end of the "
         "same seeded shuffle datagen takes its conversations from the start of.",
     )
@@ -67,6 +69,16 @@ class EvalConfig(StrictModel):
     tensor_parallel_size: int = Field(1, gt=0, description="vllm engine: GPUs for the verifier.")
     gpu_memory_utilization: float = Field(
         0.8, gt=0, le=1, description="vllm engine: share of GPU memory vLLM may use."
+    )
+    overwrite: bool = Field(
+        False,
+        description="Replace the eval_results.json already in --output-dir (without it, the "
+        "command refuses and keeps it).",
+    )
+    allow_verifier_mismatch: bool = Field(
+        False,
+        description="Evaluate against a verifier other than the one the draft was trained on "
+        "(its fingerprint or embeddings differ), e.g. a fine-tuned or quantized variant.",
     )
 
     @model_validator(mode="after")

@@ -28,16 +28,19 @@ from speculators.config.vocab import VocabConfig
 STAGES = ("datagen", "vocab", "train", "eval")
 Stage = Literal["datagen", "vocab", "train", "eval"]
 
-# Fields the pipeline sets itself: paths inside the output root, the verifier everywhere, and
-# whether training resumes (it does unless the stage's inputs changed).
+# Fields the pipeline sets itself: paths inside the output root, the verifier everywhere,
+# whether training resumes (it does unless the stage's inputs changed), and replacing earlier
+# outputs (the pipeline owns its output root, see pipeline.check_ownership).
 DERIVED = {
     "datagen": ("output_dir", "token_freq_path", "overwrite"),
-    "vocab": ("token_freq_path", "output_path", "target_model_path", "target_vocab_size"),
+    "vocab": (
+        "token_freq_path", "output_path", "target_model_path", "target_vocab_size", "overwrite",
+    ),
     "train": (
         "verifier_name_or_path", "data_path", "save_path", "log_dir", "d2t_path", "t2d_path",
         "no_resume_from_checkpoint",
     ),
-    "eval": ("checkpoint_dir", "verifier_name_or_path", "output_dir"),
+    "eval": ("checkpoint_dir", "verifier_name_or_path", "output_dir", "overwrite"),
 }  # fmt: skip
 STAGE_CONFIGS: dict[str, type[StrictModel]] = {
     "datagen": DatagenConfig,
@@ -64,6 +67,11 @@ class PipelineConfig(StrictModel):
         None, description="Re-run from this stage on, even where outputs are complete."
     )
     to_stage: Stage = Field("eval", description="Stop after this stage.")
+    overwrite: bool = Field(
+        False,
+        description="Let the pipeline replace files in --output-dir that it did not make (an "
+        "output root without pipeline_state.json); without it, such a root is refused.",
+    )
     datagen: dict[str, Any] = Field(default_factory=dict, description="`datagen` flags.")
     vocab: dict[str, Any] = Field(default_factory=dict, description="`vocab` flags.")
     train: dict[str, Any] = Field(default_factory=dict, description="`train` flags.")
@@ -108,7 +116,7 @@ class PipelineConfig(StrictModel):
         datagen = {**self.datagen, "target_model_path": model, "train_data_path": data}
         datagen |= {"output_dir": p["data"], "token_freq_path": token_freq, "overwrite": True}
         vocab = {**self.vocab, "token_freq_path": token_freq, "output_path": p["vocab"]}
-        vocab["target_model_path"] = model
+        vocab |= {"target_model_path": model, "overwrite": True}
         train = {**self.train, "verifier_name_or_path": model, "data_path": p["data"]}
         train |= {"save_path": p["checkpoints"], "log_dir": p["logs"]}
         train |= {"d2t_path": p["vocab"] / "d2t.npy", "t2d_path": p["vocab"] / "t2d.npy"}
@@ -125,7 +133,7 @@ class PipelineConfig(StrictModel):
                 )
             eval_values["data_path"] = data
         eval_values |= {"checkpoint_dir": p["checkpoints"] / str(epochs - 1)}
-        eval_values |= {"verifier_name_or_path": model, "output_dir": p["eval"]}
+        eval_values |= {"verifier_name_or_path": model, "output_dir": p["eval"], "overwrite": True}
         configs["eval"] = _build("eval", eval_values)
         return configs
 

@@ -25,7 +25,7 @@ class TrainConfig(StrictModel):
         Path("./checkpoints"), description="Checkpoints go to SAVE_PATH/{epoch}/."
     )
     epochs: int = Field(20, ge=1, description="Number of passes over the training data.")
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate of AdamW.")
+    lr: float = Field(1e-4, gt=0, allow_inf_nan=False, description="Peak learning rate of AdamW.")
     no_resume_from_checkpoint: bool = Field(
         False,
         description="Start from scratch (overwriting checkpoints) instead of resuming from the "
@@ -49,7 +49,7 @@ class TrainConfig(StrictModel):
     t2d_path: Path = Field(Path("t2d.npy"), description="Target-to-draft mask from `vocab`.")
     ttt_steps: int = Field(3, description="Training-time-test steps (draft tokens trained).")
     ttt_step_loss_decay: float = Field(
-        1.0, gt=0, description="Loss weight of TTT step s is DECAY ** s."
+        1.0, gt=0, allow_inf_nan=False, description="Loss weight of TTT step s is DECAY ** s."
     )
     # Beyond the reference.
     train_lm_head: bool = Field(
@@ -64,15 +64,17 @@ class TrainConfig(StrictModel):
         "argmax over its full vocab) on every N-th optimizer step; the others compute the loss "
         "only. Validation always measures them.",
     )
-    seed: int = Field(0, description="Seed for init, data split and shuffling.")
+    seed: int = Field(0, ge=0, description="Seed for init, data split and shuffling.")
     warmup_steps: int = Field(
         -1, ge=-1, description="Linear LR warmup steps (-1: 5% of all steps)."
     )
     lr_decay: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="LR decay after warmup, down to 10% of --lr."
     )
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False, description="AdamW weight decay.")
+    max_grad_norm: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="Gradient clipping norm."
+    )
     val_fraction: float = Field(
         0.05, ge=0, lt=1, description="Fraction of samples held out for validation."
     )
@@ -108,6 +110,17 @@ class TrainConfig(StrictModel):
     node_rank: int = Field(0, ge=0, description="This node's rank, 0..NNODES-1.")
     rdzv_endpoint: str | None = Field(
         None, description="HOST:PORT of torchrun's rendezvous on the first node (multi-node)."
+    )
+    # Overrides of checks (docs/checks.md).
+    allow_verifier_mismatch: bool = Field(
+        False,
+        description="Train even though data_config.json records a different verifier than "
+        "--verifier-name-or-path (its fingerprint differs).",
+    )
+    allow_missing_samples: bool = Field(
+        False,
+        description="Train on a data dir with fewer sample files than its data_config.json lists "
+        "(samples deleted on purpose, or datagen unfinished).",
     )
 
     @model_validator(mode="after")

@@ -29,6 +29,16 @@ class VocabConfig(StrictModel):
     output_path: Path = Field(
         Path("./vocab_mapping"), description="Directory to write d2t.npy and t2d.npy into."
     )
+    overwrite: bool = Field(
+        False,
+        description="Replace a d2t.npy / t2d.npy in --output-path that holds a different mapping "
+        "(without it such files are kept and the command refuses).",
+    )
+    allow_unrecorded_token_freq: bool = Field(
+        False,
+        description="Accept a token_freq.pt with no record of the tokenizer it was counted with "
+        "(written by another tool); it is then checked only against the vocab size.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> VocabConfig:

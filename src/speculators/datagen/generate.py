@@ -23,7 +23,7 @@ import torch
 from speculators.artifacts.samples import sample_path
 from speculators.datagen.backends.base import HiddenStatesBackend, PendingCapture, launch_capture
 from speculators.datagen.writer import SampleWriter
-from speculators.errors import UserInputError, describe
+from speculators.errors import UserInputError, WriteError, describe
 
 # on_progress(num_samples_done, num_samples_total, num_tokens_computed_this_run)
 ProgressFn = Callable[[int, int, int], None]
@@ -68,22 +68,31 @@ def generate_samples(
     pipelined: bool = True,
     writer: SampleWriter | None = None,
 ) -> GenerationStats:
-    """Compute and write the samples `todo` of `data` as `output_dir/data_{idx}.pt`."""
+    """Compute and write the samples `todo` of `data` as `output_dir/data_{idx}.pt`.
+
+    The batches are those of a run over every sample, and a batch with any sample in `todo` runs
+    whole (only its missing samples are written): a resumed run computes each sample in the
+    same batch, with the same padding, as an uninterrupted one, so its files are bit-identical.
+    """
     writer = writer or SampleWriter()
     stats, start = GenerationStats(), time.perf_counter()
     done = data.num_samples - len(todo)
     lengths = data.lengths()
-    in_flight: tuple[list[Path], list[tuple[list[int], list[int]]], PendingCapture] | None = None
+    missing = set(todo)
+    batches = length_sorted_batches(lengths, list(range(data.num_samples)), batch_size)
+    in_flight: tuple[list[Path | None], list[tuple[list[int], list[int]]], PendingCapture] | None
+    in_flight = None
     try:
-        for batch in length_sorted_batches(lengths, todo, batch_size):
+        for batch in (b for b in batches if missing.intersection(b)):
             launched = time.perf_counter()
             samples = [data.sample(i) for i in batch]
             pending = _launch(backend, [ids for ids, _ in samples], pipelined, batch_size)
             stats.launch_seconds += time.perf_counter() - launched
             if in_flight is not None:
                 writer.put_batch(*in_flight)
-            in_flight = ([sample_path(output_dir, i) for i in batch], samples, pending)
-            done += len(batch)
+            paths = [sample_path(output_dir, i) if i in missing else None for i in batch]
+            in_flight = (paths, samples, pending)
+            done += sum(p is not None for p in paths)
             stats.num_tokens += sum(lengths[i] for i in batch)
             stats.num_padded_tokens += len(batch) * max(lengths[i] for i in batch)
             if on_progress is not None:
@@ -96,8 +105,9 @@ def generate_samples(
     except BaseException as e:
         # Queued batches are still written: every file that exists afterwards is complete.
         writer.close(raise_error=False)
-        if e is writer.error and isinstance(e, OSError):
-            raise _write_error(writer, output_dir, e) from e
+        if e is writer.error and isinstance(e, (OSError, WriteError)):
+            cause = e.error if isinstance(e, WriteError) else e
+            raise _write_error(writer, output_dir, cause) from cause
         raise
     stats.bytes_written = writer.bytes_written
     stats.writer_wait_seconds = writer.wait_seconds

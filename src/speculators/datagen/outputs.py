@@ -18,6 +18,7 @@ from speculators.artifacts.data_config import (
     save_data_config,
 )
 from speculators.artifacts.layer_ids import to_vllm_aux_layer_ids
+from speculators.artifacts.provenance import VerifierFingerprint
 from speculators.artifacts.samples import sample_index
 from speculators.artifacts.token_freq import TokenFreqMeta, load_token_freq_meta
 from speculators.config import DatagenConfig, flag
@@ -41,9 +42,14 @@ def _differences(old: DataConfig, config: DatagenConfig, layer_ids: Sequence[int
     return [f"{flag(name)} was {a!r}, now {b!r}" for name, a, b in pairs if a != b]
 
 
-def check_output_dir(config: DatagenConfig, fingerprint: str, layer_ids: Sequence[int]) -> None:
-    """Allow a fresh dir or a resume of the same config; refuse (or, with --overwrite, clear)
-    a dir holding samples of a different config."""
+def check_output_dir(
+    config: DatagenConfig,
+    fingerprint: str,
+    layer_ids: Sequence[int],
+    verifier: VerifierFingerprint | None,
+) -> None:
+    """Allow a fresh dir or a resume of the same config on the same model; refuse (or, with
+    --overwrite, clear) a dir holding samples of a different config or model."""
     out = config.output_dir
     if not out.is_dir():
         return
@@ -56,17 +62,25 @@ def check_output_dir(config: DatagenConfig, fingerprint: str, layer_ids: Sequenc
         except UserInputError:
             why = f"its {DATA_CONFIG_FILE} is unreadable"
         else:
+            recorded = old.model.verifier_fingerprint
+            changed = recorded.differences(verifier) if recorded and verifier else []
             if (old.generation.model_extra or {}).get("fingerprint") == fingerprint:
-                return
-            diffs = _differences(old, config, layer_ids)
-            why = "it was written with a different config" + (
-                f" ({'; '.join(diffs)})" if diffs else " (the tokenizer, model or data changed)"
-            )
+                if not changed:
+                    return
+                why = (
+                    f"the model at --target-model-path {config.target_model_path} changed since "
+                    f"its samples were written (its {', '.join(changed)} differ)"
+                )
+            else:
+                diffs = _differences(old, config, layer_ids)
+                why = "it was written with a different config" + (
+                    f" ({'; '.join(diffs)})" if diffs else " (the tokenizer, model or data changed)"
+                )
     elif not samples:
         return
     if not config.overwrite:
         raise UserInputError(
-            f"--output-dir {out}: {why}. Refusing to mix samples of two configs. Use another "
+            f"--output-dir {out}: {why}. Refusing to mix two sets of samples. Use another "
             "--output-dir, rerun with the original flags to resume, or pass --overwrite to "
             "delete its data_*.pt files and start again."
         )
@@ -127,6 +141,7 @@ def write_data_config(
     num_samples: int,
     fingerprint: str,
     command: str | None,
+    verifier_fingerprint: VerifierFingerprint | None,
 ) -> Path:
     import torch
 
@@ -157,6 +172,7 @@ def write_data_config(
                 "hidden_size": int(verifier.hidden_size),
                 "num_hidden_layers": int(verifier.num_hidden_layers),
                 "vocab_size": int(verifier.vocab_size),
+                "verifier_fingerprint": verifier_fingerprint,
             },
             "data": {
                 "train_data_path": config.train_data_path,

@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from speculators.artifacts.atomic import remove_stale_temps
 from speculators.artifacts.data_config import DATA_CONFIG_FILE
 from speculators.artifacts.layer_ids import resolve_layer_ids
-from speculators.artifacts.samples import sample_path
+from speculators.artifacts.output_paths import check_output_dir as check_writable_dir
+from speculators.artifacts.output_paths import check_output_file
+from speculators.artifacts.provenance import VerifierFingerprint
+from speculators.artifacts.samples import sample_index, sample_path
 from speculators.artifacts.token_freq import TokenFreqMeta, save_token_freq
 from speculators.config import DatagenConfig
 from speculators.datagen.generate import ProgressFn, generate_samples
@@ -26,6 +30,7 @@ from speculators.datagen.preprocess import (
     TokenizedData,
     check_tokenizer,
     count_supervised_tokens,
+    default_cache_dir,
     tokenize_dataset,
 )
 from speculators.datagen.sources import load_raw_data
@@ -107,6 +112,7 @@ class _Plan:
     meta: TokenFreqMeta
     backend_name: str
     notes: list[str]
+    verifier_fingerprint: VerifierFingerprint | None  # None: the model is not local yet
 
 
 def _load_tokenizer(model_path: str) -> Any:
@@ -122,11 +128,37 @@ def _load_tokenizer(model_path: str) -> Any:
     return tokenizer
 
 
+def _check_output_locations(config: DatagenConfig) -> None:
+    """Every path datagen writes, before any work: writable, and no clash between them."""
+    check_writable_dir(config.output_dir, "--output-dir")
+    check_output_file(config.token_freq_path, "--token-freq-path")
+    if config.cache_dir is not None:
+        check_writable_dir(config.cache_dir, "--cache-dir")
+    else:
+        check_writable_dir(default_cache_dir(), "--cache-dir (default: the datasets cache)")
+    freq = config.token_freq_path
+    if freq.parent.resolve() == config.output_dir.resolve() and sample_index(freq) is not None:
+        raise UserInputError(
+            f"--token-freq-path {freq} has the name of a sample file in --output-dir; "
+            "name it e.g. token_freq.pt."
+        )
+
+
+def _verifier_fingerprint(config: DatagenConfig) -> VerifierFingerprint | None:
+    from speculators.models.fingerprint import verifier_fingerprint
+
+    try:
+        return verifier_fingerprint(config.target_model_path, "--target-model-path")
+    except UserInputError:
+        return None  # a hub model not downloaded yet: fingerprinted once the backend loaded it
+
+
 def _plan(config: DatagenConfig) -> _Plan:
     """Every check that can fail on user input, in the order a user would fix them."""
     from speculators.datagen.backends import resolve_backend_name
     from speculators.models.verifier import load_verifier_config
 
+    _check_output_locations(config)
     backend_name, backend_note = resolve_backend_name(config)
     if backend_name == "transformers":
         resolve_device(config.device)
@@ -145,7 +177,8 @@ def _plan(config: DatagenConfig) -> _Plan:
     if data.num_samples == 0:
         raise _empty_data_error(config, data, len(data.dataset))
     fingerprint = _fingerprint(config, data, layer_ids)
-    check_output_dir(config, fingerprint, layer_ids)
+    verifier_fp = _verifier_fingerprint(config)
+    check_output_dir(config, fingerprint, layer_ids, verifier_fp)
     counts = count_supervised_tokens(data)
     meta = TokenFreqMeta(
         fingerprint=fingerprint,
@@ -154,6 +187,7 @@ def _plan(config: DatagenConfig) -> _Plan:
         vocab_size=int(verifier.vocab_size),
         num_samples=data.num_samples,
         num_tokens=sum(counts.values()),
+        tokenizer=verifier_fp.tokenizer if verifier_fp else None,
     )
     check_token_freq_path(config, meta)
     notes = [raw.note, backend_note, _tp_note(config, backend_name)]
@@ -166,7 +200,19 @@ def _plan(config: DatagenConfig) -> _Plan:
         meta,
         backend_name,
         _notes(notes, layer_ids, verifier.num_hidden_layers),
+        verifier_fp,
     )
+
+
+def _remove_stale_temps(config: DatagenConfig) -> None:
+    """Temp files of datagen's own outputs that a killed run left behind."""
+
+    def ours(name: str) -> bool:
+        return name == DATA_CONFIG_FILE or sample_index(Path(name)) is not None
+
+    remove_stale_temps(config.output_dir, ours)
+    freq = config.token_freq_path
+    remove_stale_temps(freq.parent, lambda name: name == freq.name)
 
 
 def run_datagen(
@@ -179,10 +225,15 @@ def run_datagen(
     plan = _plan(config)  # nothing is written before this returns
     data = plan.data
     todo = [i for i in range(data.num_samples) if not sample_path(config.output_dir, i).is_file()]
+    _remove_stale_temps(config)
     bytes_written, tokens, gen_seconds = 0, 0, 0.0
     if todo:  # a complete dir (same fingerprint, every sample present) needs no verifier
         backend = load_backend(config, plan.layer_ids)
         try:
+            if plan.verifier_fingerprint is None:  # the backend has downloaded it by now
+                plan.verifier_fingerprint = _verifier_fingerprint(config)
+                fp = plan.verifier_fingerprint
+                plan.meta.tokenizer = fp.tokenizer if fp else None
             config.output_dir.mkdir(parents=True, exist_ok=True)
             write_data_config(
                 config,
@@ -192,6 +243,7 @@ def run_datagen(
                 data.num_samples,
                 plan.fingerprint,
                 command,
+                plan.verifier_fingerprint,
             )
             save_token_freq(config.token_freq_path, plan.counts, plan.meta)
             if on_progress is not None:

@@ -25,7 +25,7 @@ def default_num_threads() -> int:
 class _Batch:
     """One launched batch, shared by the threads that write its samples."""
 
-    paths: list[Path]
+    paths: list[Path | None]  # None: a row computed again for its batch, already on disk
     samples: list[tuple[list[int], list[int]]]  # (input_ids, loss_mask) per row
     capture: PendingCapture
     remaining: int
@@ -73,7 +73,7 @@ class SampleWriter:
         while (task := self._queue.get()) is not None:
             batch, row = task
             try:
-                if self.error is None:
+                if self.error is None and batch.paths[row] is not None:
                     self._write(batch, row)
             except BaseException as e:  # re-raised on the main thread
                 with self._lock:
@@ -86,6 +86,7 @@ class SampleWriter:
 
     def _write(self, batch: _Batch, row: int) -> None:
         path, (ids, mask) = batch.paths[row], batch.samples[row]
+        assert path is not None
         hidden = batch.hidden_states()[row]
         save_sample(path, torch.tensor(ids), hidden, torch.tensor(mask))
         size = path.stat().st_size
@@ -94,11 +95,12 @@ class SampleWriter:
 
     def put_batch(
         self,
-        paths: list[Path],
+        paths: list[Path | None],
         samples: list[tuple[list[int], list[int]]],
         capture: PendingCapture,
     ) -> None:
-        """Queue one batch: `paths[i]` gets `samples[i]` and row i of `capture`."""
+        """Queue one batch: `paths[i]` gets `samples[i]` and row i of `capture` (a None path:
+        row i is not written)."""
         assert len(paths) == len(samples) > 0
         self.raise_error()
         start = time.perf_counter()

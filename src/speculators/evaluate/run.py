@@ -19,14 +19,15 @@ from speculators.artifacts.layer_ids import from_vllm_aux_layer_ids
 from speculators.config.eval import EvalConfig
 from speculators.devices import resolve_device
 from speculators.errors import UserInputError, describe
+from speculators.evaluate import checks
 from speculators.evaluate.decode import DecodeStats, as_generator, speculative_generate
 from speculators.evaluate.models import EagleProposer, HFVerifier
 from speculators.evaluate.prompts import load_prompts
 from speculators.models.verifier import load_verifier_config
 
-RESULTS_FILE = "eval_results.json"
-GENERATIONS_FILE = "generations.jsonl"
-VERIFIER_FLAG = "--verifier-name-or-path"
+RESULTS_FILE = checks.RESULTS_FILE
+GENERATIONS_FILE = checks.GENERATIONS_FILE
+VERIFIER_FLAG = checks.VERIFIER_FLAG
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 # on_progress(prompts done, prompts total, stats so far)
@@ -180,6 +181,7 @@ class _Setup:
 
 
 def _setup(config: EvalConfig) -> _Setup:
+    checks.check_outputs(config)
     draft_config = load_draft_config(config.checkpoint_dir)
     named = draft_config.get("speculators_config", {}).get("verifier", {}).get("name_or_path")
     verifier_name = config.verifier_name_or_path or named
@@ -189,11 +191,14 @@ def _setup(config: EvalConfig) -> _Setup:
         )
     vconfig = load_verifier_config(verifier_name, VERIFIER_FLAG)
     aux_ids = check_draft_fits(config.checkpoint_dir, draft_config, verifier_name, vconfig)
+    notes = checks.check_verifier(
+        config.checkpoint_dir, draft_config, verifier_name, config.allow_verifier_mismatch
+    )
     tokenizer = _load_tokenizer(verifier_name)
     prompts = load_prompts(
         config.data_path, tokenizer, config.num_prompts, config.seed, config.max_prompt_tokens
     )
-    notes = [prompts.note] if prompts.note else []
+    notes += [prompts.note] if prompts.note else []
     if len(prompts.prompts) < config.num_prompts:
         notes.append(f"only {len(prompts.prompts)} usable prompts in {config.data_path}")
     k = config.num_speculative_tokens or _checkpoint_k(draft_config)
@@ -216,7 +221,7 @@ def run_eval(config: EvalConfig, on_progress: ProgressFn | None = None) -> EvalR
         for p, out in zip(setup.prompts.prompts, outputs)
     ]
     out_dir = config.output_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    checks.clear_outputs(out_dir)
     result = EvalResult(
         stats=stats,
         checkpoint_dir=config.checkpoint_dir,
@@ -243,7 +248,8 @@ def _decode_hf(
     dtype = DTYPES.get(config.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
     draft, _ = load_draft(config.checkpoint_dir, device)
     model = _load_verifier(setup.verifier, dtype, device)
-    check_embeddings(config.checkpoint_dir, setup.verifier, draft, model)
+    if not config.allow_verifier_mismatch:
+        check_embeddings(config.checkpoint_dir, setup.verifier, draft, model)
     draft = draft.to(dtype)
     verifier, proposer = HFVerifier(model, setup.aux_ids), EagleProposer(draft)
     stats, generator = DecodeStats(setup.k), as_generator(config.seed)

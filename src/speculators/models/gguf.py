@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
+from speculators.artifacts.atomic import replace_dir, temp_dir_beside
 from speculators.errors import UserInputError
 
 
@@ -25,8 +25,7 @@ def convert_gguf_to_hf(gguf_path: Path, output_dir: Path) -> Path:
         ) from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{output_dir.name}.", dir=output_dir.parent))
+    tmp = temp_dir_beside(output_dir)  # readable by others, as the model dir it becomes
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
@@ -35,9 +34,7 @@ def convert_gguf_to_hf(gguf_path: Path, output_dir: Path) -> Path:
             quantizer.remove_quantization_config(model)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        tmp.rename(output_dir)
+        replace_dir(tmp, output_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return output_dir

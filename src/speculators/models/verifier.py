@@ -54,7 +54,7 @@ def resolve_model_dir(name_or_path: str, flag: str) -> Path:
         ) from None
 
 
-def _safetensors_index(model_dir: Path, flag: str) -> dict[str, Path]:
+def safetensors_index(model_dir: Path, flag: str) -> dict[str, Path]:
     """Tensor name -> the safetensors file holding it (sharded index or single files)."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
@@ -91,19 +91,24 @@ def _pick(names: list[str]) -> str | None:
     return min(names, key=len) if names else None
 
 
+def head_tensor_names(names: list[str]) -> tuple[str | None, str | None, str | None]:
+    """The safetensors names of the embeddings, the final norm and lm_head (None if absent)."""
+    embed = _pick([n for n in names if n.endswith("embed_tokens.weight")])
+    norm = _pick(
+        [n for n in names if n.split(".")[-2:] == ["norm", "weight"] and "layers." not in n]
+    )
+    head = _pick([n for n in names if n.endswith("lm_head.weight")])
+    return embed, norm, head
+
+
 def read_verifier_head(name_or_path: str, rms_norm_eps: float, flag: str) -> VerifierHead:
     """Read only embed_tokens, the final norm and lm_head from the verifier's safetensors
     (tied embeddings: lm_head is embed_tokens). The rest of the verifier is never loaded."""
     from safetensors import safe_open
 
     model_dir = resolve_model_dir(name_or_path, flag)
-    where = _safetensors_index(model_dir, flag)
-    names = list(where)
-    embed = _pick([n for n in names if n.endswith("embed_tokens.weight")])
-    norm = _pick(
-        [n for n in names if n.split(".")[-2:] == ["norm", "weight"] and "layers." not in n]
-    )
-    head = _pick([n for n in names if n.endswith("lm_head.weight")])
+    where = safetensors_index(model_dir, flag)
+    embed, norm, head = head_tensor_names(list(where))
     if embed is None or norm is None:
         raise UserInputError(
             f"{flag} {name_or_path}: the safetensors weights have no "

@@ -32,6 +32,13 @@ class DataIndex:
     hidden_size: int
 
 
+def _corrupt(path: Path, e: Exception) -> UserInputError:
+    return UserInputError(
+        f"sample file {path} is corrupt or not a speculators sample ({e.__class__.__name__}: "
+        f"{e}). Delete it and rerun `speculators datagen` to regenerate it."
+    )
+
+
 def _scan(path: Path, data_format_version: int) -> tuple[int, int, int]:
     """(length, number of aux layers, hidden size) of one file, read via mmap (cheap)."""
     try:
@@ -39,6 +46,15 @@ def _scan(path: Path, data_format_version: int) -> tuple[int, int, int]:
             record = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # files in torch's legacy (non-zip) format cannot be mmapped
             record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt files
+        raise _corrupt(path, e) from None
+    if isinstance(record, dict) and record and all(isinstance(k, int) for k in record):
+        raise UserInputError(
+            f"{path} is a token-frequency file (token id -> count), not a sample. Move it out "
+            "of --data-path, or keep it beside datagen's data_config.json: in such a directory "
+            "only data_{idx}.pt files are read."
+        )
+    try:
         length = int(record["input_ids"].shape[0])
         if "hidden_states" in record:
             found, states = 1, record["hidden_states"]
@@ -46,12 +62,8 @@ def _scan(path: Path, data_format_version: int) -> tuple[int, int, int]:
         else:
             found, hidden = 0, int(record["target"].shape[-1])
             num_aux = int(record["hidden_state"].shape[-1]) // hidden
-    except Exception as e:  # torch raises many types for corrupt files
-        raise UserInputError(
-            f"sample file {path} is corrupt or not a speculators sample "
-            f"({e.__class__.__name__}: {e}). Delete it and rerun `speculators datagen` to "
-            "regenerate it."
-        ) from None
+    except Exception as e:
+        raise _corrupt(path, e) from None
     if found != data_format_version:
         raise UserInputError(
             f"sample file {path} is data format version {found}, but --data-format-version is "

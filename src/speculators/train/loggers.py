@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from speculators.errors import UserInputError
+from speculators.errors import UserInputError, write_failure
 
 _INSTALL = "pip install 'speculators[loggers]'"
 
@@ -64,8 +64,11 @@ class MetricLoggers:
                 for key, value in metrics.items():
                     sink.add_scalar(key, value, step)
             elif name == "jsonl":
-                sink.write(json.dumps({"step": step, **metrics}) + "\n")
-                sink.flush()
+                try:
+                    sink.write(json.dumps({"step": step, **metrics}) + "\n")
+                    sink.flush()
+                except OSError as e:
+                    raise write_failure(sink.name, e) from e
             else:
                 sink.log(metrics, step=step)
 

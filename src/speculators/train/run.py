@@ -8,25 +8,27 @@ from __future__ import annotations
 
 import itertools
 import math
-import shutil
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from speculators import __version__
-from speculators.artifacts.checkpoint import find_latest_complete_checkpoint, speculators_config
-from speculators.artifacts.data_config import find_data_config
-from speculators.artifacts.layer_ids import default_layer_ids, to_vllm_aux_layer_ids
+from speculators.artifacts.checkpoint import speculators_config
+from speculators.artifacts.checkpoint_runs import latest_checkpoint
+from speculators.artifacts.data_config import find_data_configs
+from speculators.artifacts.layer_ids import to_vllm_aux_layer_ids
 from speculators.artifacts.vocab_mapping import load_vocab_mapping
 from speculators.config.train import TrainConfig
 from speculators.devices import resolve_device
 from speculators.errors import UserInputError
 from speculators.models.eagle3 import Eagle3Draft, layer_config_dict
+from speculators.models.fingerprint import verifier_fingerprint
 from speculators.models.verifier import load_verifier_config
 from speculators.train.build import VERIFIER_FLAG, build_model, place_model, targets_to
+from speculators.train.checks import check_complete, check_layers, check_outputs, check_verifier
 from speculators.train.data import (
     DataIndex,
     PackedRows,
@@ -38,6 +40,13 @@ from speculators.train.data import (
 )
 from speculators.train.loggers import MetricLoggers
 from speculators.train.parallel import Parallel, SingleProcess
+from speculators.train.resume import (
+    choose_start,
+    data_digest,
+    settings_record,
+    tidy_save_path,
+    vocab_digest,
+)
 from speculators.train.trainer import Trainer, TrainerOptions
 
 
@@ -49,33 +58,7 @@ class TrainResult:
     num_train_samples: int
     num_val_samples: int
     layer_ids: list[int]
-
-
-def check_layers(config: TrainConfig, verifier: Any, index: DataIndex) -> list[int]:
-    """The data's layer ids (from data_config.json), checked against the verifier and files."""
-    n, hidden = verifier.num_hidden_layers, verifier.hidden_size
-    if index.hidden_size != hidden:
-        raise UserInputError(
-            f"the samples under --data-path {config.data_path} have hidden size "
-            f"{index.hidden_size} but the verifier {config.verifier_name_or_path} has {hidden}: "
-            "they were generated with another model. Pass the verifier the data came from."
-        )
-    data_config = find_data_config(config.data_path)
-    ids = data_config.hidden_states.layer_ids if data_config else default_layer_ids(n)
-    where = "data_config.json" if data_config else "the automatic choice (no data_config.json)"
-    if max(ids) >= n or ids[-1] != n - 1:
-        raise UserInputError(
-            f"layer ids {ids} from {where} do not fit the verifier {config.verifier_name_or_path} "
-            f"({n} decoder layers; the last id must be its last layer, {n - 1}): the data was "
-            "generated with another model. Pass the verifier the data came from."
-        )
-    if len(ids) - 1 != index.num_aux_layers:
-        raise UserInputError(
-            f"the samples under --data-path {config.data_path} hold {index.num_aux_layers} "
-            f"auxiliary layers but {where} lists {len(ids) - 1} ({ids[:-1]}). The files and "
-            "data_config.json disagree; regenerate the data with `speculators datagen`."
-        )
-    return list(ids)
+    notes: list[str] = field(default_factory=list)
 
 
 def trainer_options(
@@ -125,6 +108,8 @@ class TrainRun:
     trainer: Trainer
     rows_per_epoch: list[int]  # optimizer steps per epoch
     rows_per_step: int  # the global batch, in packed rows
+    identity: dict[str, Any]  # what the flags point at, by content (train.resume)
+    notes: list[str] = field(default_factory=list)
 
     def _loader(self, rows: list[list[int]], padding: set[int], seed: int) -> Iterable[Any]:
         c = self.config
@@ -192,11 +177,16 @@ def prepare(
             f"--rows-per-step {rows_per_step} must be a multiple of the number of processes "
             f"({parallel.world_size})."
         )
+    check_outputs(config)
     verifier = load_verifier_config(config.verifier_name_or_path, VERIFIER_FLAG)
+    fingerprint = verifier_fingerprint(config.verifier_name_or_path, VERIFIER_FLAG)
     index = index_data(
         config.data_path, config.data_format_version, config.val_fraction, config.seed
     )
-    layer_ids = check_layers(config, verifier, index)
+    data_configs = find_data_configs(config.data_path)
+    layer_ids = check_layers(config, verifier, index, data_configs)
+    notes = check_complete(config, index, data_configs)
+    notes += check_verifier(config, fingerprint, data_configs)
     d2t, t2d = load_vocab_mapping(config.d2t_path, config.t2d_path, verifier.vocab_size)
     device = device or resolve_device(config.device)
     model, targets = build_model(config, verifier, d2t, t2d, index.num_aux_layers)
@@ -210,6 +200,7 @@ def prepare(
         verifier_architectures=list(getattr(verifier, "architectures", None) or []),
         speculative_tokens=config.ttt_steps,
         speculators_version=__version__,
+        verifier_fingerprint=fingerprint.model_dump(),
     )
     head_dim = int(model.config.head_dim or 0)
     model = place_model(model, device)
@@ -222,7 +213,15 @@ def prepare(
         config_json,
         parallel=parallel,
     )
-    return TrainRun(config, index, layer_ids, trainer, rows_per_epoch, rows_per_step)
+    identity = {
+        "verifier": fingerprint.model_dump(),
+        "data": data_digest(config.data_path, index.files),
+        "vocab": vocab_digest(d2t, t2d),
+    }
+    trainer.record = settings_record(config, identity)
+    return TrainRun(
+        config, index, layer_ids, trainer, rows_per_epoch, rows_per_step, identity, notes
+    )
 
 
 def run_train(
@@ -240,17 +239,20 @@ def run_train(
 
 
 def train_prepared(run: TrainRun, progress: Any = None) -> TrainResult:
-    """The run after `prepare`: resume, train the remaining epochs, save each."""
+    """The run after `prepare`: resume or start over, train the remaining epochs, save each."""
     config, trainer = run.config, run.trainer
     if not trainer.is_main:
         progress = None
+    if trainer.is_main:
+        tidy_save_path(config.save_path)
+    trainer.parallel.barrier()  # nobody reads SAVE_PATH while a killed save is finished
+    resumed, notes = choose_start(trainer, config, run.identity)
+    notes = run.notes + notes
+    if progress is not None and hasattr(progress, "note"):
+        for note in notes:
+            progress.note(note)
     names = config.logger_names if trainer.is_main else []
     loggers = MetricLoggers(names, config.log_dir, config.run_name, config.model_dump(mode="json"))
-    resumed = None
-    if not config.no_resume_from_checkpoint:
-        resumed = find_latest_complete_checkpoint(config.save_path)
-        if resumed is not None:
-            trainer.resume(resumed)
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         loggers.log(metrics, step)
@@ -258,11 +260,6 @@ def train_prepared(run: TrainRun, progress: Any = None) -> TrainResult:
             progress.step(step, metrics)
 
     def on_epoch(epoch: int, summary: dict[str, float]) -> None:
-        if config.no_resume_from_checkpoint and epoch == 0 and trainer.is_main:
-            # Starting over replaces the old run: its later epochs must not be resumed from.
-            for old in config.save_path.iterdir():
-                if old.name.isdigit() and int(old.name) > 0:
-                    shutil.rmtree(old)
         loggers.log({f"epoch/{k}": v for k, v in summary.items()}, trainer.global_step)
         if progress:
             progress.epoch(epoch, summary)
@@ -276,9 +273,10 @@ def train_prepared(run: TrainRun, progress: Any = None) -> TrainResult:
         loggers.close()
     return TrainResult(
         history=history,
-        checkpoint=find_latest_complete_checkpoint(config.save_path),
+        checkpoint=latest_checkpoint(config.save_path, trainer.run_id),
         resumed_from=resumed,
         num_train_samples=len(run.index.train),
         num_val_samples=len(run.index.val),
         layer_ids=run.layer_ids,
+        notes=notes,
     )

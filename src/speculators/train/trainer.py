@@ -18,10 +18,12 @@ from typing import Any
 import torch
 
 from speculators.artifacts import checkpoint as ckpt
+from speculators.artifacts.checkpoint_runs import LEGACY_RUN, retire_other_runs
 from speculators.errors import UserInputError, compile_errors, compile_failure
 from speculators.models.eagle3 import Eagle3Draft
 from speculators.train.attention import AttentionImpl
 from speculators.train.compiled import compile_layers
+from speculators.train.divergence import check_finite, diverged
 from speculators.train.loss import ArgmaxOver, TTTMetrics
 from speculators.train.parallel import Parallel, SingleProcess, reduce_metrics
 from speculators.train.prefetch import prefetch_to_device
@@ -78,6 +80,8 @@ class Trainer:
     epoch: int = 0  # the next epoch to run
     global_step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    run_id: str = LEGACY_RUN  # the run the checkpoints belong to (artifacts.checkpoint_runs)
+    record: dict[str, Any] = field(default_factory=dict)  # settings saved with each checkpoint
 
     def __post_init__(self) -> None:
         o = self.options
@@ -158,11 +162,15 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.global_step += 1
+        # The step's one sync; the loss and grad norm it reads are the same on every rank.
         total_loss, rows = self.parallel.sum([float(loss_sum), float(len(micro))])
+        norm = float(grad_norm)
+        if not (math.isfinite(total_loss) and math.isfinite(norm)):
+            raise diverged(self, f"the loss is {total_loss / rows:g} (gradient norm {norm:g})")
         metrics = reduce_metrics(metrics, self.parallel)
         out = metrics.summary("train/")
         out["train/loss"] = total_loss / rows
-        out["train/grad_norm"] = float(grad_norm)
+        out["train/grad_norm"] = norm
         out["train/lr"] = float(self.scheduler.get_last_lr()[0])
         out["train/step_s"] = time.perf_counter() - start
         out["train/tokens_per_s"] = metrics.num_tokens / out["train/step_s"]
@@ -184,12 +192,15 @@ class Trainer:
 
     def save(self, epoch: int, summary: dict[str, float]) -> Path:
         """Write `save_path/{epoch}` (a complete checkpoint or nothing). Every rank calls this
-        (the full state is gathered from all); only the main rank writes."""
+        (the full state is gathered from all); only the main rank writes. Checkpoints of other
+        runs are deleted once this run has one (artifacts.checkpoint_runs)."""
+        check_finite(self, summary)
         state = self.parallel.model_state(self.model)
         optimizer_state = self.parallel.optimizer_state(self.model, self.optimizer)
         path = self.save_path / str(epoch)
         if self.is_main:
             self._write(path, epoch, summary, state, optimizer_state)
+            retire_other_runs(self.save_path, self.run_id)
         self.parallel.barrier()  # nobody moves on (or resumes) before the files exist
         return path
 
@@ -212,25 +223,21 @@ class Trainer:
                 "epoch": epoch,
                 "global_step": self.global_step,
                 "complete": True,
+                "run_id": self.run_id,
+                "lr": float(self.scheduler.get_last_lr()[0]),
                 "metrics": summary,
+                **self.record,
             },
         )
 
     def resume(self, checkpoint_dir: Path) -> None:
-        """Continue exactly after the checkpoint's epoch: fp32 weights, optimizer, schedule."""
-        state_path = checkpoint_dir / ckpt.TRAINER_STATE_FILE
-        if not state_path.is_file():
-            raise UserInputError(
-                f"checkpoint {checkpoint_dir} has no {ckpt.TRAINER_STATE_FILE}, so training "
-                "cannot continue from it. Pass --no-resume-from-checkpoint to start over, or "
-                "another --save-path."
-            )
-        load = lambda name: torch.load(  # noqa: E731
-            checkpoint_dir / name, map_location="cpu", weights_only=True
-        )
+        """Continue exactly after the checkpoint's epoch: fp32 weights, optimizer, schedule.
+        A changed --lr or --epochs applies from here on (the schedule keeps its step count)."""
+        state = ckpt.read_training_state(checkpoint_dir)
+        files = ckpt.read_resume_state(checkpoint_dir)
         try:
             self.parallel.load_model_state(
-                self.model, load(ckpt.TRAINER_STATE_FILE)["master_weights"]
+                self.model, files[ckpt.TRAINER_STATE_FILE]["master_weights"]
             )
         except RuntimeError as e:
             raise UserInputError(
@@ -238,10 +245,21 @@ class Trainer:
                 f"vocab or verifier): {str(e).splitlines()[0]} Pass --no-resume-from-checkpoint "
                 "to start over, or another --save-path."
             ) from None
-        self.parallel.load_optimizer_state(self.model, self.optimizer, load(ckpt.OPTIMIZER_FILE))
-        self.scheduler.load_state_dict(load(ckpt.SCHEDULER_FILE))
-        state = ckpt.read_training_state(checkpoint_dir)
+        self.parallel.load_optimizer_state(self.model, self.optimizer, files[ckpt.OPTIMIZER_FILE])
+        self.scheduler.load_state_dict(files[ckpt.SCHEDULER_FILE])
+        self._apply_lr(self.options.lr)
         self.epoch, self.global_step = state["epoch"] + 1, state["global_step"]
+        self.run_id = str(state.get("run_id", LEGACY_RUN))
+
+    def _apply_lr(self, lr: float) -> None:
+        """Follow this run's schedule (peak `lr`, its length from --epochs) from the current
+        step on: the loaded state carries the LR it was saved with. With unchanged settings
+        this recomputes the same value LambdaLR would."""
+        self.scheduler.base_lrs = [lr] * len(self.scheduler.base_lrs)
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"], group["lr"] = lr, lr * factor
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # type: ignore[attr-defined]
 
     def train(
         self,

@@ -17,11 +17,12 @@ FLAGS = {
         "--token-freq-path", "--train-data-path",
     },
     "vocab": {
-        "--draft-vocab-size", "--output-path", "--target-model-path", "--target-vocab-size",
-        "--token-freq-path",
+        "--allow-unrecorded-token-freq", "--draft-vocab-size", "--output-path", "--overwrite",
+        "--target-model-path", "--target-vocab-size", "--token-freq-path",
     },
     "train": {
-        "--attention", "--config", "--d2t-path", "--data-format-version", "--data-path",
+        "--allow-missing-samples", "--allow-verifier-mismatch", "--attention", "--config",
+        "--d2t-path", "--data-format-version", "--data-path",
         "--device", "--epochs", "--log-dir", "--logger", "--lr", "--lr-decay", "--max-grad-norm",
         "--max-steps-per-epoch", "--metrics-every", "--nnodes", "--no-compile",
         "--no-resume-from-checkpoint", "--node-rank", "--train-lm-head",
@@ -31,14 +32,14 @@ FLAGS = {
         "--warmup-steps", "--weight-decay",
     },
     "eval": {
-        "--concurrency", "--data-path", "--device", "--dtype", "--engine",
-        "--gpu-memory-utilization", "--max-new-tokens", "--max-prompt-tokens", "--num-prompts",
-        "--num-speculative-tokens", "--output-dir", "--seed", "--temperature",
-        "--tensor-parallel-size", "--verifier-name-or-path",
+        "--allow-verifier-mismatch", "--concurrency", "--data-path", "--device", "--dtype",
+        "--engine", "--gpu-memory-utilization", "--max-new-tokens", "--max-prompt-tokens",
+        "--num-prompts", "--num-speculative-tokens", "--output-dir", "--overwrite", "--seed",
+        "--temperature", "--tensor-parallel-size", "--verifier-name-or-path",
     },
     "pipeline": {
-        "--config", "--from-stage", "--output-dir", "--set", "--target-model-path", "--to-stage",
-        "--train-data-path",
+        "--config", "--from-stage", "--output-dir", "--overwrite", "--set",
+        "--target-model-path", "--to-stage", "--train-data-path",
     },
 }  # fmt: skip
 

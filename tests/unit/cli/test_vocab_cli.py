@@ -20,9 +20,13 @@ def invoke(*args: str):
 
 @pytest.fixture
 def freq(tmp_path):
+    """A token_freq.pt as the reference tools write it: no record of its tokenizer."""
     path = tmp_path / "token_freq.pt"
     torch.save({0: 10, 5: 3, 7: 3, 9: 1}, path)
     return path
+
+
+UNRECORDED = "--allow-unrecorded-token-freq"
 
 
 def test_cli_writes_numpy_files(tmp_path, freq):
@@ -37,6 +41,7 @@ def test_cli_writes_numpy_files(tmp_path, freq):
         "12",
         "--output-path",
         str(out),
+        UNRECORDED,
     )
     assert res.exit_code == 0, res.output
     d2t, t2d = np.load(out / "d2t.npy"), np.load(out / "t2d.npy")
@@ -61,6 +66,7 @@ def test_console_script_and_module_entry(tmp_path, freq):
             "10",
             "--output-path",
             str(out),
+            UNRECORDED,
         ],
         capture_output=True,
         text=True,
@@ -107,7 +113,7 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, freq, case):
         args += ["--token-freq-path", str(freq)]
     if "--draft-vocab-size" not in args:
         args += ["--draft-vocab-size", "2"]
-    res = invoke("vocab", *args, "--output-path", str(out))
+    res = invoke("vocab", *args, "--output-path", str(out), UNRECORDED)
     assert res.exit_code == 2, res.output
     assert message in " ".join(res.output.split())
     assert "Traceback" not in res.output

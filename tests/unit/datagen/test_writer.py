@@ -11,6 +11,7 @@ import torch
 from speculators.artifacts.samples import load_sample
 from speculators.datagen.backends.base import ReadyCapture
 from speculators.datagen.writer import SampleWriter
+from speculators.errors import UserInputError
 
 
 class Capture(ReadyCapture):
@@ -71,7 +72,7 @@ def test_a_failed_write_is_raised_and_names_the_file(tmp_path):
     (tmp_path / "data_1.pt").mkdir()  # the rename onto it fails
     writer = SampleWriter(max_batches=2, num_threads=1)
     writer.put_batch(*batch(tmp_path, 0, [3, 4, 5]))
-    with pytest.raises(OSError):
+    with pytest.raises(UserInputError, match=r"cannot write .*data_1\.pt"):
         writer.close()
     assert writer.failed_path == tmp_path / "data_1.pt"
     assert load_sample(tmp_path / "data_0.pt").input_ids.tolist() == [0, 1, 2]

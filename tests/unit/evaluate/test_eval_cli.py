@@ -88,9 +88,10 @@ def earlier_results(tmp_path: Path) -> Path:
 
 
 def _eval_against(draft: Path, verifier: Path, out: Path, prompts: Path):
+    # --overwrite: the refusal comes before anything is written, even when replacing is allowed.
     return invoke(
         "eval", draft, "--verifier-name-or-path", verifier, "--data-path", prompts,
-        "--output-dir", out, "--max-new-tokens", 4,
+        "--output-dir", out, "--max-new-tokens", 4, "--overwrite",
     )  # fmt: skip
 
 
