@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from speculators.datagen.sources import RawData, normalize_conversation
 from speculators.errors import UserInputError
+from speculators.sources import RawData, normalize_conversation
 
 # Bump when tokenization or masking changes, so that old caches are not reused.
 PREPROCESS_VERSION = "2"

@@ -28,9 +28,9 @@ from speculators.datagen.preprocess import (
     count_supervised_tokens,
     tokenize_dataset,
 )
-from speculators.datagen.sources import load_raw_data
 from speculators.devices import resolve_device
 from speculators.errors import UserInputError, describe
+from speculators.sources import load_raw_data
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """Where conversations come from: built-in names, hub datasets and local .json/.jsonl files.
 
+Shared by the stages that read training conversations (datagen, regenerate).
+
 Every source ends as a `datasets.Dataset` with one column of conversations plus a fingerprint
 of its contents, so that tokenized data can be cached and invalidated when the data changes.
 """
