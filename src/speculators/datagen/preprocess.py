@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from speculators.chat_template import MARKER, end_of_turn_tokens
 from speculators.errors import UserInputError
 from speculators.sources import RawData, normalize_conversation
 
@@ -28,10 +29,6 @@ from speculators.sources import RawData, normalize_conversation
 PREPROCESS_VERSION = "3"  # 3: end-of-turn tokens are supervised
 
 OK, NO_ASSISTANT, TEMPLATE_ERROR, NO_SUPERVISED = 0, 1, 2, 3
-
-
-# Stands in for one message's content; private-use characters never occur in real chat data.
-MARKER = "\ue000speculators-content\ue001"
 
 
 def _content_start(tokenizer: Any, messages: list[dict[str, str]], k: int, text: str) -> int:
@@ -45,35 +42,6 @@ def _content_start(tokenizer: Any, messages: list[dict[str, str]], k: int, text:
         return 0
     idx = rendered.find(MARKER)
     return idx if idx >= 0 and text.startswith(rendered[:idx]) else 0
-
-
-def _special_tokens(tokenizer: Any) -> list[str]:
-    """Every special token's text, longest first (so `<|im_end|>` wins over a shorter prefix)."""
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    names = set(tokenizer.all_special_tokens) | {t.content for t in added.values() if t.special}
-    return sorted((n for n in names if n), key=len, reverse=True)
-
-
-def end_of_turn_tokens(tokenizer: Any) -> tuple[str, ...]:
-    """The special token(s) the chat template writes right after an assistant reply (whitespace
-    between them allowed): `<|im_end|>` for ChatML, `<|eot_id|>` for Llama 3. Read off renderings
-    of a reply (a marker) in the middle and at the end of a conversation; empty when the template
-    writes no special token there (then only the reply's text is supervised)."""
-    user = {"role": "user", "content": "Hi"}
-    reply = {"role": "assistant", "content": MARKER}
-    specials = _special_tokens(tokenizer)
-    found: list[str] = []
-    for probe in ([user, reply, user], [user, reply]):
-        try:
-            text = tokenizer.apply_chat_template(probe, tokenize=False)
-        except Exception:  # a template may insist on other roles; then this probe says nothing
-            continue
-        at = text.find(MARKER)
-        rest = text[at + len(MARKER) :].lstrip() if at >= 0 else ""
-        token = next((t for t in specials if rest.startswith(t)), None)
-        if token is not None and token not in found:
-            found.append(token)
-    return tuple(found)
 
 
 def assistant_char_spans(

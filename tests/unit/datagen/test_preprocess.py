@@ -7,12 +7,12 @@ import itertools
 
 import pytest
 
+from speculators.chat_template import end_of_turn_tokens
 from speculators.datagen.preprocess import (
     NO_ASSISTANT,
     NO_SUPERVISED,
     OK,
     TEMPLATE_ERROR,
-    end_of_turn_tokens,
     tokenize_conversation,
 )
 
