@@ -43,6 +43,10 @@ class EvalResult:
     results_path: Path
     generations_path: Path
     notes: list[str] = field(default_factory=list)
+    data_path: str = ""
+    seed: int = 0
+    num_records: int = 0  # in the prompt file
+    prompt_records: list[dict[str, Any]] = field(default_factory=list)  # {index, id} per prompt
 
     def to_json(self) -> dict[str, Any]:
         s = self.stats
@@ -65,6 +69,11 @@ class EvalResult:
             "checkpoint_dir": str(self.checkpoint_dir),
             "verifier": self.verifier,
             "notes": self.notes,
+            # which records the prompts are: checkable against the conversations trained on
+            "data_path": self.data_path,
+            "seed": self.seed,
+            "num_records": self.num_records,
+            "prompt_records": self.prompt_records,
         }
 
 
@@ -175,7 +184,8 @@ def run_eval(config: EvalConfig, on_progress: ProgressFn | None = None) -> EvalR
                 verifier, proposer, prompt.input_ids, config.max_new_tokens, k,
                 config.temperature, stops, generator, stats,
             )  # fmt: skip
-            record = {"messages": prompt.messages, "output": tokenizer.decode(out)}
+            record: dict[str, Any] = {"record_index": prompt.record_index, "id": prompt.record_id}
+            record |= {"messages": prompt.messages, "output": tokenizer.decode(out)}
             lines.append(json.dumps({**record, "output_ids": out}))
             if on_progress is not None:
                 on_progress(i + 1, len(prompts.prompts), stats)
@@ -194,6 +204,10 @@ def run_eval(config: EvalConfig, on_progress: ProgressFn | None = None) -> EvalR
         results_path=out_dir / RESULTS_FILE,
         generations_path=out_dir / GENERATIONS_FILE,
         notes=notes,
+        data_path=config.data_path,
+        seed=config.seed,
+        num_records=prompts.num_records,
+        prompt_records=[{"index": p.record_index, "id": p.record_id} for p in prompts.prompts],
     )
     atomic_write_text(result.generations_path, "".join(line + "\n" for line in lines))
     atomic_write_json(result.results_path, result.to_json())
