@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from speculators.artifacts.regenerated import (
+    Progress,
+    RegenerationMeta,
     append_chunk,
     meta_path,
     save_regeneration_meta,
@@ -150,6 +152,26 @@ def _nothing_written_error(config: RegenerateConfig, total: Stats) -> UserInputE
     )
 
 
+def _commit(
+    config: RegenerateConfig,
+    meta: RegenerationMeta,
+    done: int,
+    num_selected: int,
+    size: int,
+    total: Stats,
+) -> None:
+    """Record in the sidecar that the file's first `size` bytes hold the first `done`
+    conversations: a resumed run keeps exactly these."""
+    meta.progress = Progress(
+        conversations_done=done,
+        num_records=total.records,
+        num_bytes=size,
+        complete=done == num_selected,
+    )
+    meta.stats = {k: int(v) for k, v in vars(total).items()}
+    save_regeneration_meta(config.output_path, meta)
+
+
 def run_regenerate(
     config: RegenerateConfig, on_progress: ProgressFn | None = None, command: str | None = None
 ) -> RegenerateResult:
@@ -183,12 +205,7 @@ def run_regenerate(
                 done += len(dialogues)
                 run_stats.add(stats)
                 total.add(stats)
-                meta.progress.conversations_done = done
-                meta.progress.num_records = total.records
-                meta.progress.num_bytes = size
-                meta.progress.complete = done == num_selected
-                meta.stats = {k: int(v) for k, v in vars(total).items()}
-                save_regeneration_meta(config.output_path, meta)
+                _commit(config, meta, done, num_selected, size, total)
                 if on_progress is not None:
                     on_progress(done, num_selected, tokens)
                 if total.records == 0:
