@@ -76,7 +76,7 @@ def samples(args: argparse.Namespace, model_path: Path | None, vocab_size: int):
         from transformers import AutoTokenizer
 
         from speculators.datagen.preprocess import tokenize_dataset
-        from speculators.datagen.sources import load_raw_data
+        from speculators.sources import load_raw_data
 
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         raw = load_raw_data("sharegpt", None)

@@ -1,4 +1,5 @@
-"""`speculators pipeline`: datagen -> vocab -> train -> eval under one output root, resumable.
+"""`speculators pipeline`: [regenerate ->] datagen -> vocab -> train -> eval under one output root,
+resumable.
 
 A stage is skipped when its outputs are complete and its fingerprint (its resolved config, the
 fingerprints of the stages before it and the identity of its input files) matches the one stored
@@ -22,10 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from speculators.artifacts.atomic import atomic_write_json
 from speculators.artifacts.checkpoint_runs import current_run_id, latest_checkpoint
 from speculators.artifacts.data_config import DATA_CONFIG_FILE, load_data_config
 from speculators.artifacts.output_paths import check_output_dir
+from speculators.artifacts.regenerated import load_regeneration_meta
 from speculators.artifacts.samples import first_missing_index
 from speculators.config.base import flag
 from speculators.config.pipeline import STAGES, PipelineConfig
@@ -46,6 +50,8 @@ class PipelineView(Protocol):
 
     def datagen_progress(self, done: int, total: int, tokens: int) -> None: ...
 
+    def regenerate_progress(self, done: int, total: int, tokens: int) -> None: ...
+
     def eval_progress(self, done: int, total: int, stats: Any) -> None: ...
 
 
@@ -56,6 +62,9 @@ class PrintView:
         print(text)
 
     def datagen_progress(self, done: int, total: int, tokens: int) -> None:
+        pass
+
+    def regenerate_progress(self, done: int, total: int, tokens: int) -> None:
         pass
 
     def eval_progress(self, done: int, total: int, stats: Any) -> None:
@@ -83,13 +92,16 @@ def fingerprint(stage: str, config: Any, upstream: list[str]) -> str:
     dumped = config.model_dump(mode="json", exclude_defaults=True)
     values = {k: v for k, v in dumped.items() if k not in NOT_FINGERPRINTED}
     inputs = []
-    if stage == "datagen":
+    if stage in ("regenerate", "datagen"):
         inputs = [_stamp(config.target_model_path), _stamp(config.train_data_path)]
     blob = json.dumps([stage, values, upstream, inputs], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def outputs_complete(stage: str, config: Any) -> bool:
+    if stage == "regenerate":
+        meta = load_regeneration_meta(config.output_path)
+        return meta is not None and meta.progress.complete and config.output_path.is_file()
     if stage == "datagen":
         if not (config.output_dir / DATA_CONFIG_FILE).is_file():
             return False
@@ -118,7 +130,11 @@ def train_command(config: Any) -> list[str]:
 
 
 def _run_stage(stage: str, config: Any, resume: bool, view: PipelineView) -> dict | None:
-    if stage == "datagen":
+    if stage == "regenerate":
+        from speculators.regenerate import run_regenerate
+
+        run_regenerate(config, view.regenerate_progress, command="speculators pipeline")
+    elif stage == "datagen":
         from speculators.datagen.run import run_datagen
 
         run_datagen(config, on_progress=view.datagen_progress, command="speculators pipeline")
@@ -186,6 +202,8 @@ def run_pipeline(config: PipelineConfig, view: PipelineView | None = None) -> Pi
     forced = False
     last = STAGES.index(config.to_stage)
     for stage in STAGES[: last + 1]:
+        if stage not in configs:  # an optional stage that is off (regenerate)
+            continue
         fp = fingerprint(stage, configs[stage], upstream)
         upstream.append(fp)
         before_start = config.from_stage and STAGES.index(stage) < STAGES.index(config.from_stage)
@@ -214,7 +232,35 @@ def run_pipeline(config: PipelineConfig, view: PipelineView | None = None) -> Pi
         for later in STAGES[STAGES.index(stage) + 1 :]:
             state["stages"].pop(later, None)
         atomic_write_json(state_path, state)
+    if result.eval_metrics is not None:
+        result.eval_metrics["notes"] = [
+            *result.eval_metrics["notes"],
+            heldout_note(configs, result.eval_metrics),
+        ]
     return result
+
+
+def heldout_note(configs: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """Whether eval's prompts are among the conversations training read: the same file and
+    seed mean the same permutation, training took its first `max_samples` records."""
+    reader, prompts = configs.get("regenerate") or configs["datagen"], configs["eval"]
+    if "prompt_records" not in metrics:
+        return "eval_results.json names no prompt records (an older version wrote it)"
+    used = {r["index"] for r in metrics["prompt_records"]}
+    if prompts.data_path != reader.train_data_path:
+        return f"eval prompts: {len(used)} from {prompts.data_path}, not the training data"
+    order = np.random.default_rng(reader.seed).permutation(metrics["num_records"])
+    trained = set(order[: reader.max_samples].tolist())
+    if used & trained:
+        return (
+            f"NOT held out: {len(used & trained)} of the {len(used)} eval prompts are among the "
+            f"{len(trained)} training conversations; lower datagen.max_samples or set "
+            "eval.data_path to other prompts"
+        )
+    return (
+        f"held out: none of the {len(used)} eval prompts is among the {len(trained)} "
+        f"conversations training read from {reader.train_data_path}"
+    )
 
 
 # ---- the built-in demo ----------------------------------------------------------------------

@@ -38,9 +38,17 @@ def test_smollm2_sharegpt(smollm2_data, smollm2_dir, sharegpt_file):
     for path in files[:3]:
         s = load_sample(path)
         assert s.input_ids.shape[0] <= 256 and s.loss_mask.sum() > 0
-        # Each supervised run is the text of an assistant turn (a prefix of one if truncated).
-        for run in _masked_runs(tokenizer, s.input_ids, s.loss_mask):
-            escaped = {json.dumps(run.strip(), ensure_ascii=a)[1:-1] for a in (True, False)}
+        # Each supervised run is the text of an assistant turn and the verifier's stop token
+        # (generation_config's eos, <|im_end|>) after it; a prefix of that if truncated.
+        runs = _masked_runs(tokenizer, s.input_ids, s.loss_mask)
+        cut_at_end = (
+            bool(s.loss_mask[-1]) and s.input_ids[-1] != model.generation_config.eos_token_id
+        )
+        for k, run in enumerate(runs):
+            eos = tokenizer.decode([model.generation_config.eos_token_id])
+            assert run.endswith(eos) or (cut_at_end and k == len(runs) - 1)
+            text = run.removesuffix(eos).strip()
+            escaped = {json.dumps(text, ensure_ascii=a)[1:-1] for a in (True, False)}
             assert any(e in raw for e in escaped)
         assert "<|im_start|>" not in "".join(_masked_runs(tokenizer, s.input_ids, s.loss_mask))
         with torch.no_grad():

@@ -203,7 +203,7 @@ def test_parallel_tokenization_equals_sequential(workdir, tiny_llama, monkeypatc
     from transformers import AutoTokenizer
 
     from speculators.datagen import preprocess
-    from speculators.datagen.sources import load_raw_data
+    from speculators.sources import load_raw_data
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     raw = load_raw_data(str(workdir / "convs.jsonl"), None)

@@ -21,7 +21,7 @@ def stage_lines(output: str) -> dict[str, str]:
     out = {}
     for line in output.splitlines():
         stage, sep, rest = line.partition(": ")
-        if sep and stage in ("datagen", "vocab", "train", "eval"):
+        if sep and stage in ("regenerate", "datagen", "vocab", "train", "eval"):
             out[stage] = rest.split(" ")[0]
     return out
 
@@ -93,6 +93,33 @@ def test_run_rerun_and_changed_train_flag(run_args):
     }  # fmt: skip
 
 
+def test_regenerate_stage_feeds_datagen_and_eval_stays_held_out(run_args, tmp_path):
+    root = tmp_path / "run"
+    args = [*run_args, "--output-dir", root, "--set", "datagen.max_samples=8"]
+    args += ["--set", "regenerate.max_new_tokens=6", "--set", "regenerate.batch_size=4"]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    stages = ("regenerate", "datagen", "vocab", "train", "eval")
+    assert stage_lines(res.output) == dict.fromkeys(stages, "running")
+    regenerated = root / "regenerated" / "conversations.jsonl"
+    records = [json.loads(line) for line in regenerated.read_text().splitlines()]
+    assert len(records) == 8  # datagen's max_samples and seed pick the conversations
+    config = json.loads((root / "data" / "data_config.json").read_text())
+    assert config["data"]["train_data_path"] == str(regenerated)
+    assert config["data"]["regenerated_from"]["max_new_tokens"] == 6
+    # Eval's prompts come from the source file, none of them a conversation trained on.
+    metrics = json.loads((root / "eval" / "eval_results.json").read_text())
+    used = {r["index"] for r in metrics["prompt_records"]}
+    assert used and not used & {r["source_index"] for r in records}
+    assert "held out: none of the 2 eval prompts" in " ".join(res.output.split())
+
+    res = invoke(*args)
+    assert stage_lines(res.output) == dict.fromkeys(stages, "skipped")
+    res = invoke(*args, "--set", "regenerate.enabled=false")  # off: datagen reads the source
+    assert "regenerate" not in stage_lines(res.output)
+    assert stage_lines(res.output)["datagen"] == "running"
+
+
 def test_bad_configs_exit_2_before_any_stage(run_args, tmp_path):
     def refused(res, *words):
         assert res.exit_code == 2, res.output
@@ -106,6 +133,8 @@ def test_bad_configs_exit_2_before_any_stage(run_args, tmp_path):
     refused(invoke(*run_args, "--set", "trian.epochs=3"), "--set", "STAGE.FIELD=VALUE")
     refused(invoke(*run_args, "--set", "train.total_seq_len=8"), "train.total_seq_len")
     refused(invoke(*run_args, "--from-stage", "eval", "--to-stage", "train"), "--from-stage")
+    refused(invoke(*run_args, "--from-stage", "regenerate"), "regenerate stage is off")
+    refused(invoke(*run_args, "--set", "regenerate.output_path=x.jsonl"), "regenerate.output_path")
     bad = tmp_path / "p.toml"
     bad.write_text("[train\nepochs = 3\n")
     refused(invoke("pipeline", "--config", bad), "--config", "TOML")

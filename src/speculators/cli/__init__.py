@@ -12,13 +12,14 @@ from speculators.cli.common import expand_multi_value_flags
 from speculators.cli.datagen import datagen
 from speculators.cli.eval import eval_command
 from speculators.cli.pipeline import pipeline
+from speculators.cli.regenerate import regenerate
 from speculators.cli.train import train
 from speculators.cli.vocab import vocab
 
 app = typer.Typer(
     name="speculators",
     help="Train EAGLE-3 draft models for vLLM speculative decoding: "
-    "datagen -> vocab -> train -> eval, or all of it with `pipeline`.",
+    "(regenerate ->) datagen -> vocab -> train -> eval, or all of it with `pipeline`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -41,6 +42,7 @@ def _root(
     """Train EAGLE-3 draft models for vLLM speculative decoding."""
 
 
+app.command("regenerate")(regenerate)
 app.command("datagen")(datagen)
 app.command("vocab")(vocab)
 app.command("train")(train)

@@ -1,4 +1,5 @@
-"""`speculators pipeline`: datagen -> vocab -> train -> eval from one config, resumable.
+"""`speculators pipeline`: [regenerate ->] datagen -> vocab -> train -> eval from one config,
+resumable.
 
     speculators pipeline                                   # built-in demo (SmolLM2, CPU, ~15 min)
     speculators pipeline --config pipeline.yaml            # YAML or TOML, a section per stage
@@ -16,7 +17,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from speculators.cli.common import build, console, fail, option, user_errors
 from speculators.cli.eval import results_table
-from speculators.config.pipeline import PipelineConfig, apply_overrides, load_config_file
+from speculators.config.pipeline import (
+    STAGES,
+    PipelineConfig,
+    apply_overrides,
+    load_config_file,
+)
 
 
 class _RichView:
@@ -46,6 +52,11 @@ class _RichView:
 
     def datagen_progress(self, done: int, total: int, tokens: int) -> None:
         self._bar("datagen", "samples")
+        assert self.progress is not None
+        self.progress.update(self.task, completed=done, total=total)
+
+    def regenerate_progress(self, done: int, total: int, tokens: int) -> None:
+        self._bar("regenerate", "conversations")
         assert self.progress is not None
         self.progress.update(self.task, completed=done, total=total)
 
@@ -79,8 +90,9 @@ def pipeline(
         help="Override one stage flag: STAGE.FIELD=VALUE, e.g. --set train.epochs=3 (repeatable).",
     ),
 ) -> None:
-    """Run datagen -> vocab -> train -> eval; finished stages with unchanged inputs are skipped.
-    With no model given it runs the built-in demo (SmolLM2-135M-Instruct on ShareGPT rows)."""
+    """Run [regenerate ->] datagen -> vocab -> train -> eval; finished stages with unchanged
+    inputs are skipped. With no model given it runs the built-in demo (SmolLM2-135M-Instruct on
+    ShareGPT rows)."""
     from speculators.pipeline import DEMO_ROOT, demo_values, run_pipeline
 
     with user_errors():
@@ -104,8 +116,9 @@ def pipeline(
             root = Path(values.get("output_dir") or DEMO_ROOT)
             console.print(f"no model given: running the built-in demo into {root}")
             demo = demo_values(root)
-            for stage in ("datagen", "vocab", "train", "eval"):
-                demo[stage] |= values.pop(stage, {})
+            for stage in STAGES:
+                if stage in values:
+                    demo[stage] = {**(demo.get(stage) or {}), **(values.pop(stage) or {})}
             values = demo | values
         pipeline_config = build(PipelineConfig, **values)
         view = _RichView()

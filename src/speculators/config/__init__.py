@@ -7,6 +7,7 @@ from speculators.config.base import StrictModel, flag
 from speculators.config.datagen import DatagenConfig
 from speculators.config.eval import EvalConfig
 from speculators.config.pipeline import PipelineConfig
+from speculators.config.regenerate import RegenerateConfig
 from speculators.config.train import TrainConfig
 from speculators.config.vocab import VocabConfig
 
@@ -14,6 +15,7 @@ __all__ = [
     "DatagenConfig",
     "EvalConfig",
     "PipelineConfig",
+    "RegenerateConfig",
     "StrictModel",
     "TrainConfig",
     "VocabConfig",

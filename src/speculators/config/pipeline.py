@@ -1,10 +1,12 @@
 """Configuration of `speculators pipeline`: one output root and a section per stage whose keys
 are the stage's own flag names (`seq_length` for `--seq-length`), from YAML/TOML and/or flags.
+The `regenerate` stage runs only when its section is present (`enabled: false` turns it off).
 
     # pipeline.yaml
     output_dir: ./run
     target_model_path: ./SmolLM2-135M-Instruct
     train_data_path: sharegpt
+    regenerate: {max_new_tokens: 512}   # train on the verifier's own replies
     datagen: {max_samples: 300, seq_length: 512}
     vocab: {draft_vocab_size: 8192}
     train: {epochs: 3, lr: 3.0e-4}
@@ -22,16 +24,18 @@ from pydantic import Field, ValidationError, model_validator
 from speculators.config.base import StrictModel
 from speculators.config.datagen import DatagenConfig
 from speculators.config.eval import EvalConfig
+from speculators.config.regenerate import RegenerateConfig
 from speculators.config.train import TrainConfig
 from speculators.config.vocab import VocabConfig
 
-STAGES = ("datagen", "vocab", "train", "eval")
-Stage = Literal["datagen", "vocab", "train", "eval"]
+STAGES = ("regenerate", "datagen", "vocab", "train", "eval")
+Stage = Literal["regenerate", "datagen", "vocab", "train", "eval"]
 
 # Fields the pipeline sets itself: paths inside the output root, the verifier everywhere,
 # whether training resumes (it does unless the stage's inputs changed), and replacing earlier
 # outputs (the pipeline owns its output root, see pipeline.check_ownership).
 DERIVED = {
+    "regenerate": ("target_model_path", "train_data_path", "output_path", "overwrite"),
     "datagen": ("output_dir", "token_freq_path", "overwrite"),
     "vocab": (
         "token_freq_path", "output_path", "target_model_path", "target_vocab_size", "overwrite",
@@ -43,6 +47,7 @@ DERIVED = {
     "eval": ("checkpoint_dir", "verifier_name_or_path", "output_dir", "overwrite"),
 }  # fmt: skip
 STAGE_CONFIGS: dict[str, type[StrictModel]] = {
+    "regenerate": RegenerateConfig,
     "datagen": DatagenConfig,
     "vocab": VocabConfig,
     "train": TrainConfig,
@@ -72,21 +77,38 @@ class PipelineConfig(StrictModel):
         description="Let the pipeline replace files in --output-dir that it did not make (an "
         "output root without pipeline_state.json); without it, such a root is refused.",
     )
+    regenerate: dict[str, Any] | None = Field(
+        None,
+        description="`regenerate` flags; the stage runs when this section is present and "
+        "`enabled` is not false.",
+    )
     datagen: dict[str, Any] = Field(default_factory=dict, description="`datagen` flags.")
     vocab: dict[str, Any] = Field(default_factory=dict, description="`vocab` flags.")
     train: dict[str, Any] = Field(default_factory=dict, description="`train` flags.")
     eval: dict[str, Any] = Field(default_factory=dict, description="`eval` flags.")
 
+    @property
+    def regenerate_section(self) -> dict[str, Any] | None:
+        """The regenerate flags, or None when the stage is off."""
+        if self.regenerate is None or self.regenerate.get("enabled", True) is False:
+            return None
+        return {k: v for k, v in self.regenerate.items() if k != "enabled"}
+
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
         for stage in STAGES:
-            section = getattr(self, stage)
+            section = getattr(self, stage) or {}
             derived = [k for k in section if k in DERIVED[stage]]
             if derived:
                 raise ValueError(
                     f"{stage}.{derived[0]} is set by the pipeline from --output-dir (and "
                     "--target-model-path); remove it from the config."
                 )
+        if self.regenerate_section is None and "regenerate" in (self.from_stage, self.to_stage):
+            raise ValueError(
+                "--from-stage/--to-stage regenerate: the regenerate stage is off; add a "
+                "`regenerate` section (e.g. --set regenerate.enabled=true) to run it."
+            )
         if self.from_stage and STAGES.index(self.from_stage) > STAGES.index(self.to_stage):
             raise ValueError(
                 f"--from-stage {self.from_stage} comes after --to-stage {self.to_stage}."
@@ -100,12 +122,11 @@ class PipelineConfig(StrictModel):
     @property
     def paths(self) -> dict[str, Path]:
         root = self.output_dir
-        return {
-            name: root / name for name in ("data", "vocab", "checkpoints", "logs", "eval", "model")
-        }
+        names = ("regenerated", "data", "vocab", "checkpoints", "logs", "eval", "model")
+        return {name: root / name for name in names}
 
     def stage_configs(self) -> dict[str, Any]:
-        """The resolved config of every stage, exactly as its subcommand would get it."""
+        """The resolved config of every stage that runs, exactly as its subcommand would get it."""
         p = self.paths
         model = self.target_model_path or self.datagen.get("target_model_path")
         data = self.train_data_path or self.datagen.get("train_data_path")
@@ -115,16 +136,35 @@ class PipelineConfig(StrictModel):
         token_freq = p["data"] / "token_freq.pt"
         datagen = {**self.datagen, "target_model_path": model, "train_data_path": data}
         datagen |= {"output_dir": p["data"], "token_freq_path": token_freq, "overwrite": True}
+        configs: dict[str, Any] = {}
+        regenerate = self.regenerate_section
+        if regenerate is not None:
+            # datagen's selection (seed, max_samples) and length unless set here, then datagen
+            # reads the regenerated conversations
+            selection: Any = _build("datagen", datagen)
+            regenerate = {
+                "seed": selection.seed,
+                "max_samples": selection.max_samples,
+                "seq_length": selection.seq_length,
+                **regenerate,
+                "target_model_path": model,
+                "train_data_path": data,
+                "output_path": p["regenerated"] / "conversations.jsonl",
+                "overwrite": True,
+            }
+            configs["regenerate"] = _build("regenerate", regenerate)
+            datagen["train_data_path"] = str(p["regenerated"] / "conversations.jsonl")
         vocab = {**self.vocab, "token_freq_path": token_freq, "output_path": p["vocab"]}
         vocab |= {"target_model_path": model, "overwrite": True}
         train = {**self.train, "verifier_name_or_path": model, "data_path": p["data"]}
         train |= {"save_path": p["checkpoints"], "log_dir": p["logs"]}
         train |= {"d2t_path": p["vocab"] / "d2t.npy", "t2d_path": p["vocab"] / "t2d.npy"}
-        configs: dict[str, Any] = {}
         for stage, values in (("datagen", datagen), ("vocab", vocab), ("train", train)):
             configs[stage] = _build(stage, values)
         epochs = configs["train"].epochs
-        eval_values = {"seed": configs["datagen"].seed, **self.eval}
+        # Prompts from the other end of the shuffle the training conversations came from.
+        reader = configs.get("regenerate") or configs["datagen"]
+        eval_values = {"seed": reader.seed, **self.eval}
         if "data_path" not in eval_values:
             if not (data == "sharegpt" or Path(data).suffix in (".json", ".jsonl")):
                 raise ValueError(
@@ -200,5 +240,5 @@ def apply_overrides(values: dict[str, Any], assignments: list[str]) -> dict[str,
                 f"--set {item!r}: expected STAGE.FIELD=VALUE with STAGE one of "
                 f"{', '.join(STAGES)}, e.g. --set train.epochs=3."
             )
-        out.setdefault(stage, {})[name.replace("-", "_")] = yaml.safe_load(raw)
+        out[stage] = {**(out.get(stage) or {}), name.replace("-", "_"): yaml.safe_load(raw)}
     return out

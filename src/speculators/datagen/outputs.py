@@ -142,6 +142,7 @@ def write_data_config(
     fingerprint: str,
     command: str | None,
     verifier_fingerprint: VerifierFingerprint | None,
+    regenerated_from: dict[str, Any] | None = None,
 ) -> Path:
     import torch
 
@@ -180,6 +181,8 @@ def write_data_config(
                 "max_samples": config.max_samples,
                 "num_samples": num_samples,
                 "seed": config.seed,
+                # extra: who wrote the replies, when `speculators regenerate` did
+                **({"regenerated_from": regenerated_from} if regenerated_from else {}),
             },
             "hidden_states": {
                 "layer_ids": layer_ids,

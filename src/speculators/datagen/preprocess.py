@@ -1,10 +1,12 @@
-"""Conversations -> token ids and a loss mask that is 1 exactly on assistant-written tokens.
+"""Conversations -> token ids and a loss mask that is 1 exactly on the tokens the verifier writes.
 
 The mask comes from character offsets, not from `{% generation %}` markers (most templates have
 none): the conversation is rendered with the tokenizer's own chat template, each assistant
 message is located in the rendered text (from where a marker put in its place appears, so the
 same words in a user turn or a default system prompt never match), and every token whose
-characters overlap an assistant span gets mask 1. Role headers and end-of-turn tokens get 0.
+characters overlap an assistant span gets mask 1. A span runs on to the end-of-turn token the
+template writes right after the reply (`<|im_end|>`, `<|eot_id|>`): the verifier generates it, so
+the draft must predict it. Role headers, prompts and what follows the end-of-turn token get 0.
 Results are cached by HF datasets under a fingerprint of tokenizer, data and settings.
 """
 
@@ -19,17 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from speculators.datagen.sources import RawData, normalize_conversation
+from speculators.chat_template import MARKER, end_of_turn_tokens
 from speculators.errors import UserInputError
+from speculators.sources import RawData, normalize_conversation
 
 # Bump when tokenization or masking changes, so that old caches are not reused.
-PREPROCESS_VERSION = "2"
+PREPROCESS_VERSION = "3"  # 3: end-of-turn tokens are supervised
 
 OK, NO_ASSISTANT, TEMPLATE_ERROR, NO_SUPERVISED = 0, 1, 2, 3
-
-
-# Stands in for one message's content; private-use characters never occur in real chat data.
-MARKER = "\ue000speculators-content\ue001"
 
 
 def _content_start(tokenizer: Any, messages: list[dict[str, str]], k: int, text: str) -> int:
@@ -46,9 +45,13 @@ def _content_start(tokenizer: Any, messages: list[dict[str, str]], k: int, text:
 
 
 def assistant_char_spans(
-    tokenizer: Any, messages: list[dict[str, str]], text: str
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    text: str,
+    end_of_turn: tuple[str, ...] = (),
 ) -> list[tuple[int, int]]:
-    """[start, end) character spans of the assistant messages' text within `text`."""
+    """[start, end) character spans of the assistant messages' text within `text`, each running
+    on through an `end_of_turn` token that directly follows it (after whitespace)."""
     spans: list[tuple[int, int]] = []
     pos = 0
     for k, message in enumerate(messages):
@@ -56,9 +59,15 @@ def assistant_char_spans(
         if message["role"] != "assistant" or not target:
             continue
         found = text.find(target, max(pos, _content_start(tokenizer, messages, k, text)))
-        if found >= 0:
-            spans.append((found, found + len(target)))
-            pos = found + len(target)
+        if found < 0:
+            continue
+        end = found + len(target)
+        gap = len(text) - end - len(text[end:].lstrip())
+        eot = next((t for t in end_of_turn if text.startswith(t, end + gap)), None)
+        if eot is not None:
+            end += gap + len(eot)
+        spans.append((found, end))
+        pos = end
     return spans
 
 
@@ -75,8 +84,16 @@ def token_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]], n_c
     return mask
 
 
-def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]], seq_length: int):
-    """{input_ids, loss_mask, status} for one normalized conversation, truncated to seq_length."""
+def tokenize_conversation(
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    seq_length: int,
+    end_of_turn: tuple[str, ...] | None = None,
+):
+    """{input_ids, loss_mask, status} for one normalized conversation, truncated to seq_length.
+    `end_of_turn`: end_of_turn_tokens(tokenizer), passed in when tokenizing many."""
+    if end_of_turn is None:
+        end_of_turn = end_of_turn_tokens(tokenizer)
     empty = {"input_ids": [], "loss_mask": [], "status": NO_ASSISTANT}
     if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
         return empty
@@ -85,9 +102,8 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]], seq_le
     except Exception:  # e.g. "roles must alternate user/assistant"
         return {**empty, "status": TEMPLATE_ERROR}
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    mask = token_mask(
-        enc["offset_mapping"], assistant_char_spans(tokenizer, messages, text), len(text)
-    )
+    spans = assistant_char_spans(tokenizer, messages, text, end_of_turn)
+    mask = token_mask(enc["offset_mapping"], spans, len(text))
     ids, mask = list(enc["input_ids"])[:seq_length], mask[:seq_length].tolist()
     return {"input_ids": ids, "loss_mask": mask, "status": OK if any(mask) else NO_SUPERVISED}
 
@@ -184,10 +200,11 @@ def tokenize_dataset(
         order = order[:max_samples]
     selected = raw.dataset.select(order.tolist())
     column = raw.column
+    end_of_turn = end_of_turn_tokens(tokenizer)
 
     def encode(row: dict[str, Any]) -> dict[str, Any]:
         messages = normalize_conversation(row[column], f"--train-data-path, row with {column}")
-        out = tokenize_conversation(tokenizer, messages, seq_length)
+        out = tokenize_conversation(tokenizer, messages, seq_length, end_of_turn)
         return {**out, "length": len(out["input_ids"])}
 
     cache_file = (

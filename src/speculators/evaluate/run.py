@@ -47,6 +47,10 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)
     engine: str = "hf"
     comparison: dict[str, Any] | None = None  # --engine vllm: speedup and output agreement
+    data_path: str = ""
+    seed: int = 0
+    num_records: int = 0  # in the prompt file
+    prompt_records: list[dict[str, Any]] = field(default_factory=list)  # {index, id} per prompt
 
     def to_json(self) -> dict[str, Any]:
         s = self.stats
@@ -70,6 +74,11 @@ class EvalResult:
             "checkpoint_dir": str(self.checkpoint_dir),
             "verifier": self.verifier,
             "notes": self.notes,
+            # which records the prompts are: checkable against the conversations trained on
+            "data_path": self.data_path,
+            "seed": self.seed,
+            "num_records": self.num_records,
+            "prompt_records": self.prompt_records,
             **(self.comparison or {}),
         }
 
@@ -216,7 +225,8 @@ def run_eval(config: EvalConfig, on_progress: ProgressFn | None = None) -> EvalR
         comparison = None
     lines = [
         json.dumps(
-            {"messages": p.messages, "output": setup.tokenizer.decode(out), "output_ids": out}
+            {"record_index": p.record_index, "id": p.record_id, "messages": p.messages}
+            | {"output": setup.tokenizer.decode(out), "output_ids": out}
         )
         for p, out in zip(setup.prompts.prompts, outputs)
     ]
@@ -234,6 +244,12 @@ def run_eval(config: EvalConfig, on_progress: ProgressFn | None = None) -> EvalR
         notes=setup.notes,
         engine=config.engine,
         comparison=comparison,
+        data_path=config.data_path,
+        seed=config.seed,
+        num_records=setup.prompts.num_records,
+        prompt_records=[
+            {"index": p.record_index, "id": p.record_id} for p in setup.prompts.prompts
+        ],
     )
     atomic_write_text(result.generations_path, "".join(line + "\n" for line in lines))
     atomic_write_json(result.results_path, result.to_json())

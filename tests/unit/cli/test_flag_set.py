@@ -16,6 +16,12 @@ FLAGS = {
         "--overwrite", "--seed", "--seq-length", "--target-model-path", "--tensor-parallel-size",
         "--token-freq-path", "--train-data-path",
     },
+    "regenerate": {
+        "--backend", "--batch-size", "--cache-dir", "--device", "--dtype",
+        "--gpu-memory-utilization", "--max-new-tokens", "--max-samples", "--output-path",
+        "--overwrite", "--seed", "--seq-length", "--target-model-path", "--temperature",
+        "--tensor-parallel-size", "--train-data-path",
+    },
     "vocab": {
         "--allow-unrecorded-token-freq", "--draft-vocab-size", "--output-path", "--overwrite",
         "--target-model-path", "--target-vocab-size", "--token-freq-path",

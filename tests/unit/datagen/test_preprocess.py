@@ -1,4 +1,5 @@
-"""Loss masks: 1 exactly on assistant text, for ChatML and Llama-3 templates, with truncation."""
+"""Loss masks: 1 exactly on assistant text and the end-of-turn token after it, for ChatML and
+Llama-3 templates, with truncation."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import itertools
 
 import pytest
 
+from speculators.chat_template import end_of_turn_tokens
 from speculators.datagen.preprocess import (
     NO_ASSISTANT,
     NO_SUPERVISED,
@@ -37,14 +39,23 @@ SAMPLE_CONVERSATIONS = [
 ]
 
 
+# What each fixture template writes after a reply, and how it renders the reply's own text.
+END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}
+RENDERED_REPLY = {"chatml": str.lstrip, "llama3": str.strip}  # ChatML keeps trailing whitespace
+
+
 @pytest.fixture(params=["chatml", "llama3"])
-def tokenizer(request):
+def template(request):
     from transformers import AutoTokenizer
 
     # The fixtures' tokenizers: a real byte-level BPE with a ChatML / Llama-3 chat template.
-    return AutoTokenizer.from_pretrained(
-        request.getfixturevalue("tiny_llama" if request.param == "chatml" else "tiny_llama3")
-    )
+    path = request.getfixturevalue("tiny_llama" if request.param == "chatml" else "tiny_llama3")
+    return request.param, AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture
+def tokenizer(template):
+    return template[1]
 
 
 def runs(tokenizer, ids, mask, value=1):
@@ -56,32 +67,67 @@ def runs(tokenizer, ids, mask, value=1):
     return out
 
 
+def test_end_of_turn_token_of_each_template(template):
+    name, tokenizer = template
+    assert end_of_turn_tokens(tokenizer) == (END_OF_TURN[name],)
+
+
 @pytest.mark.parametrize("messages", [MULTI_TURN, *SAMPLE_CONVERSATIONS])
-def test_mask_is_exactly_the_assistant_text(tokenizer, messages):
+def test_mask_is_exactly_the_assistant_text_and_end_of_turn(template, messages):
+    name, tokenizer = template
     out = tokenize_conversation(tokenizer, messages, seq_length=10_000)
     assert out["status"] == OK
-    expected = [m["content"].strip() for m in messages if m["role"] == "assistant"]
-    assert runs(tokenizer, out["input_ids"], out["loss_mask"]) == expected
-    # Everything unmasked is template and prompt text: it decodes to the rendering of the same
-    # conversation with the assistant text (not its surrounding whitespace) taken out.
-    blanked = [
-        {**m, "content": m["content"].replace(m["content"].strip(), "")}
-        if m["role"] == "assistant"
-        else m
+    rendered_reply = RENDERED_REPLY[name]
+    expected = [
+        rendered_reply(m["content"]) + END_OF_TURN[name]
         for m in messages
+        if m["role"] == "assistant"
     ]
-    unmasked = "".join(runs(tokenizer, out["input_ids"], out["loss_mask"], value=0))
-    assert unmasked == tokenizer.apply_chat_template(blanked, tokenize=False)
+    assert runs(tokenizer, out["input_ids"], out["loss_mask"]) == expected
     rendered = tokenizer.apply_chat_template(messages, tokenize=False)
     assert out["input_ids"] == tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
 
-def test_same_words_in_a_user_turn_are_not_masked(tokenizer):
+@pytest.mark.parametrize("messages", [MULTI_TURN, *SAMPLE_CONVERSATIONS])
+def test_mask_is_what_the_verifier_generates_after_each_prompt(tokenizer, messages):
+    """Independently of the character spans: the supervised tokens of reply k are the tokens
+    after the generation prompt of messages[:k], up to and including the first eos token."""
+    messages = [{**m, "content": m["content"].strip()} for m in messages]
+    out = tokenize_conversation(tokenizer, messages, seq_length=10_000)
+    ids = out["input_ids"]
+    expected = [0] * len(ids)
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(
+            messages[:k], tokenize=False, add_generation_prompt=True
+        )
+        start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        stop = ids.index(tokenizer.eos_token_id, start)
+        expected[start : stop + 1] = [1] * (stop + 1 - start)
+    assert out["loss_mask"] == expected
+
+
+def test_same_words_in_a_user_turn_are_not_masked(template):
+    name, tokenizer = template
     out = tokenize_conversation(tokenizer, MULTI_TURN[:3], seq_length=10_000)
     masked = runs(tokenizer, out["input_ids"], out["loss_mask"])
-    assert masked == ["hello"]
+    assert masked == ["hello" + END_OF_TURN[name]]
     unmasked = "".join(runs(tokenizer, out["input_ids"], out["loss_mask"], value=0))
     assert "Say hello" in unmasked
+
+
+def test_no_end_of_turn_token_masks_the_text_only(tiny_llama):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+    )
+    assert end_of_turn_tokens(tokenizer) == ()
+    out = tokenize_conversation(tokenizer, SAMPLE_CONVERSATIONS[0], seq_length=10_000)
+    masked = runs(tokenizer, out["input_ids"], out["loss_mask"])
+    assert masked == ["Paris is the capital of France."]
 
 
 SMOLLM2_LIKE = (  # SmolLM2's template: a default system prompt when none is given
@@ -103,7 +149,8 @@ def test_assistant_first_with_a_default_system_prompt(tiny_llama):
         {"role": "assistant", "content": "a helpful assistant"},  # also in the user turn
     ]
     out = tokenize_conversation(tokenizer, messages, seq_length=10_000)
-    assert runs(tokenizer, out["input_ids"], out["loss_mask"]) == ["Fox", "a helpful assistant"]
+    masked = runs(tokenizer, out["input_ids"], out["loss_mask"])
+    assert masked == ["Fox<|im_end|>", "a helpful assistant<|im_end|>"]
     unmasked = "".join(runs(tokenizer, out["input_ids"], out["loss_mask"], value=0))
     assert "named Fox<|im_end|>" in unmasked and "user\na helpful assistant" in unmasked
 
@@ -114,9 +161,9 @@ def test_truncation_keeps_masks_aligned(tokenizer, seq_length):
     cut = tokenize_conversation(tokenizer, MULTI_TURN, seq_length=seq_length)
     assert len(cut["input_ids"]) == len(cut["loss_mask"]) == min(seq_length, len(full["input_ids"]))
     assert cut["input_ids"] == full["input_ids"][:seq_length]
-    expected = [m["content"].strip() for m in MULTI_TURN if m["role"] == "assistant"]
+    full_runs = runs(tokenizer, full["input_ids"], full["loss_mask"])
     masked = runs(tokenizer, cut["input_ids"], cut["loss_mask"])
-    for got, want in zip(masked, expected):
+    for got, want in zip(masked, full_runs):
         assert want.startswith(got)  # the last run may be cut short, never shifted
     assert cut["status"] == (OK if masked else NO_SUPERVISED)
 

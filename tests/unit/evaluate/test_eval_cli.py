@@ -58,6 +58,15 @@ def test_eval_writes_vllm_metrics(tiny_draft: Path, prompts_jsonl: Path, tmp_pat
     assert m["num_verifier_forward_passes"] == m["num_drafts"] + 3
     gens = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
     assert len(gens) == 3 and all(1 <= len(g["output_ids"]) <= 12 for g in gens)
+    # Which records the prompts are: from the end of the seed-0 permutation, usable ones only.
+    import numpy as np
+
+    lines = prompts_jsonl.read_text().splitlines()
+    end = np.random.default_rng(0).permutation(len(lines))[::-1].tolist()
+    usable = [i for i in end if i != 3]  # record 3 has no user turn
+    assert [r["index"] for r in m["prompt_records"]] == [g["record_index"] for g in gens]
+    assert [r["index"] for r in m["prompt_records"]] == usable[:3]
+    assert m["num_records"] == len(lines) and m["data_path"] == str(prompts_jsonl)
     assert "mean acceptance length" in res.output
 
 

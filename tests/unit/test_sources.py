@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from speculators.datagen.sources import load_raw_data, read_conversation_file
 from speculators.errors import UserInputError
+from speculators.sources import load_raw_data, read_conversation_file
 
 CHAT = [
     {"role": "system", "content": "Be brief."},

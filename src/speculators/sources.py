@@ -1,5 +1,7 @@
 """Where conversations come from: built-in names, hub datasets and local .json/.jsonl files.
 
+Shared by the stages that read training conversations (datagen, regenerate).
+
 Every source ends as a `datasets.Dataset` with one column of conversations plus a fingerprint
 of its contents, so that tokenized data can be cached and invalidated when the data changes.
 """
@@ -42,7 +44,7 @@ CONVERSATION_KEYS = ("conversations", "messages", "conversation")
 class RawData:
     """Conversations before tokenization."""
 
-    dataset: Any  # datasets.Dataset with a conversation column
+    dataset: Any  # datasets.Dataset with a conversation column (and `id` for local files)
     column: str
     fingerprint: str  # changes whenever the conversations change
     note: str | None = None  # shown to the user (e.g. a truncated file was read tolerantly)
@@ -87,10 +89,21 @@ def _record_turns(record: Any, where: str) -> Any:
     raise UserInputError(f"{where}: a record must be an object, got {type(record).__name__}.")
 
 
+def _read_file(path: Path) -> tuple[list[list[dict[str, str]]], list[str], str | None]:
+    """Normalized conversations, record ids (the `id` key, else the record's index), a note."""
+    records, note = read_json_records(path, "--train-data-path")
+    convs = [normalize_conversation(_record_turns(r, where), where) for r, where in records]
+    ids = [
+        str(r["id"]) if isinstance(r, dict) and r.get("id") is not None else str(i)
+        for i, (r, _) in enumerate(records)
+    ]
+    return convs, ids, note
+
+
 def read_conversation_file(path: Path) -> tuple[list[list[dict[str, str]]], str | None]:
     """All conversations of a local .json (array) or .jsonl file, normalized, and a note."""
-    records, note = read_json_records(path, "--train-data-path")
-    return [normalize_conversation(_record_turns(r, where), where) for r, where in records], note
+    convs, _, note = _read_file(path)
+    return convs, note
 
 
 def _file_fingerprint(path: Path) -> str:
@@ -104,8 +117,8 @@ def _file_fingerprint(path: Path) -> str:
 def _from_file(path: Path) -> RawData:
     from datasets import Dataset
 
-    convs, note = read_conversation_file(path)
-    dataset = Dataset.from_dict({"messages": convs})
+    convs, ids, note = _read_file(path)
+    dataset = Dataset.from_dict({"messages": convs, "id": ids})
     return RawData(dataset, "messages", _file_fingerprint(path), note)
 
 
