@@ -246,7 +246,7 @@ def test_unwritable_output(tiny_llama, data, tmp_path):
 
 
 def test_vllm_missing_names_the_extra(tiny_llama, data, tmp_path, monkeypatch):
-    import speculators.regenerate.engine as engine
+    import speculators.models.vllm as engine
 
     monkeypatch.setattr(engine, "vllm_available", lambda: False)
     refused(

@@ -5,6 +5,7 @@ memory). Datagen's vllm backend and `eval --engine vllm` both start their engine
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import warnings
 from typing import Any
@@ -17,6 +18,34 @@ INSTALL_HINT = "pip install 'speculators[datagen]'"
 MIN_VERSION = (0, 26)
 TESTED_BELOW = (0, 34)
 SUPPORTED = ">=0.26,<0.34"
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def _gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose_backend(requested: str) -> tuple[str, str | None]:
+    """`--backend auto|transformers|vllm` -> the backend to use and, when `auto` fell back to
+    transformers, a note saying why. `auto` is vllm when vllm is importable and a GPU present."""
+    if requested == "vllm":
+        if not vllm_available():
+            raise UserInputError(
+                f"--backend vllm: vllm is not installed in this environment. Install it with "
+                f"{INSTALL_HINT} (needs a CUDA GPU), or use --backend transformers."
+            )
+        return "vllm", None
+    if requested == "auto" and vllm_available() and _gpu_available():
+        return "vllm", None
+    if requested == "auto":
+        why = "vllm is not installed" if not vllm_available() else "no GPU is present"
+        return "transformers", f"--backend auto: using transformers ({why})."
+    return "transformers", None
 
 
 def parse_version(version: str) -> tuple[int, int] | None:

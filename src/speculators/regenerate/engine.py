@@ -3,14 +3,11 @@ CPU or GPU) and vLLM (GPU). Both take token ids and return token ids; the caller
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import Protocol
 
 from speculators.config.regenerate import RegenerateConfig
-from speculators.errors import UserInputError
-
-VLLM_INSTALL_HINT = "pip install 'speculators[datagen]'"
+from speculators.models.vllm import choose_backend
 
 
 @dataclass
@@ -43,27 +40,9 @@ def split_at_stop(token_ids: list[int], budget: int, stop_ids: set[int]) -> Repl
     return Reply(token_ids, False)
 
 
-def vllm_available() -> bool:
-    return importlib.util.find_spec("vllm") is not None
-
-
 def resolve_backend_name(config: RegenerateConfig) -> tuple[str, str | None]:
     """The engine to use and, when `auto` fell back to transformers, a note saying why."""
-    if config.backend == "vllm":
-        if not vllm_available():
-            raise UserInputError(
-                f"--backend vllm: vllm is not installed in this environment. Install it with "
-                f"{VLLM_INSTALL_HINT} (needs a CUDA GPU), or use --backend transformers."
-            )
-        return "vllm", None
-    if config.backend == "transformers":
-        return "transformers", None
-    import torch
-
-    if vllm_available() and torch.cuda.is_available():
-        return "vllm", None
-    why = "vllm is not installed" if not vllm_available() else "no GPU is present"
-    return "transformers", f"--backend auto: using transformers ({why})."
+    return choose_backend(config.backend)
 
 
 def load_engine(config: RegenerateConfig, name: str, stop_ids: set[int], pad_id: int) -> Engine:

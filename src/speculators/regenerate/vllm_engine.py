@@ -1,5 +1,5 @@
 """Replies with vLLM on GPUs, through its public API only: `LLM(...)` and `LLM.generate` on token
-ids with one `SamplingParams` per request (the same calls in vLLM 0.11 through 0.33).
+ids with one `SamplingParams` per request (vLLM 0.26 through 0.33; models/vllm.py starts it).
 
 Prompts arrive rendered and tokenized by the verifier's own tokenizer, exactly as the
 transformers engine gets them, and replies leave as token ids: both engines write the same
@@ -11,7 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from speculators.config.regenerate import RegenerateConfig
+from speculators.models import vllm as engine
 from speculators.regenerate.engine import Reply, split_at_stop
+
+FLAG = "--backend vllm"
 
 
 def engine_kwargs(config: RegenerateConfig) -> dict[str, Any]:
@@ -55,11 +58,13 @@ class VllmEngine:
     name = "vllm"
 
     def __init__(self, config: RegenerateConfig, stop_ids: set[int]):
-        from vllm import LLM
-
+        self.vllm = engine.import_vllm(FLAG)
+        engine.require_gpu(FLAG, "use --backend transformers (or --backend auto, which picks it)")
         self.config = config
         self.stop_ids = stop_ids
-        self.llm = LLM(**engine_kwargs(config))
+        self.llm = engine.start_engine(
+            self.vllm, engine_kwargs(config), FLAG, config.target_model_path
+        )
         model_config = self.llm.llm_engine.model_config
         self.max_context = int(model_config.max_model_len)
         self.dtype = str(model_config.dtype).removeprefix("torch.")
@@ -68,14 +73,15 @@ class VllmEngine:
     def generate(
         self, prompts: list[list[int]], budgets: list[int], seeds: list[int]
     ) -> list[Reply]:
-        from vllm import SamplingParams
-
         params = [
-            SamplingParams(**sampling_kwargs(self.config, budget, seed, self.stop_ids))
+            self.vllm.SamplingParams(**sampling_kwargs(self.config, budget, seed, self.stop_ids))
             for budget, seed in zip(budgets, seeds)
         ]
         requests: Any = [{"prompt_token_ids": ids} for ids in prompts]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        try:
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
+        except Exception as e:
+            raise engine.engine_error(e, self.vllm, FLAG, "failed while generating") from None
         # token_ids may end with the stop token (vLLM keeps it there): cut it off.
         return [
             split_at_stop(list(out.outputs[0].token_ids), budget, self.stop_ids)
@@ -83,4 +89,5 @@ class VllmEngine:
         ]
 
     def close(self) -> None:
-        del self.llm
+        llm, self.llm = self.llm, None
+        engine.shutdown(llm)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from speculators.config import DatagenConfig
-from speculators.datagen import backends
+from speculators.datagen.backends import resolve_backend_name
 from speculators.errors import UserInputError
+from speculators.models import vllm as engine
 
 NO_VLLM = "--backend auto: using transformers (vllm is not installed)."
 NO_GPU = "--backend auto: using transformers (no GPU is present)."
@@ -28,14 +29,14 @@ def config(backend: str) -> DatagenConfig:
     ],
 )  # fmt: skip
 def test_choice(monkeypatch, has_vllm, has_gpu, backend, expected):
-    monkeypatch.setattr(backends, "vllm_available", lambda: has_vllm)
-    monkeypatch.setattr(backends, "_gpu_available", lambda: has_gpu)
-    assert backends.resolve_backend_name(config(backend)) == expected
+    monkeypatch.setattr(engine, "vllm_available", lambda: has_vllm)
+    monkeypatch.setattr(engine, "_gpu_available", lambda: has_gpu)
+    assert resolve_backend_name(config(backend)) == expected
 
 
 def test_vllm_without_vllm_names_the_install(monkeypatch):
-    monkeypatch.setattr(backends, "vllm_available", lambda: False)
+    monkeypatch.setattr(engine, "vllm_available", lambda: False)
     with pytest.raises(
         UserInputError, match=r"--backend vllm: .*pip install 'speculators\[datagen\]'"
     ):
-        backends.resolve_backend_name(config("vllm"))
+        resolve_backend_name(config("vllm"))

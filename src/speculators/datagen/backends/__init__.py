@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 
 from speculators.config import DatagenConfig
 from speculators.datagen.backends.base import HiddenStatesBackend
-from speculators.errors import UserInputError
-
-VLLM_INSTALL_HINT = "pip install 'speculators[datagen]'"
-
-
-def vllm_available() -> bool:
-    return importlib.util.find_spec("vllm") is not None
-
-
-def _gpu_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+from speculators.models.vllm import choose_backend
 
 
 def resolve_backend_name(config: DatagenConfig) -> tuple[str, str | None]:
-    """The backend to use and, when `auto` fell back to transformers, a note saying why.
-
-    `auto` is vllm when vllm is importable and a GPU is present, transformers otherwise."""
-    if config.backend == "vllm":
-        if not vllm_available():
-            raise UserInputError(
-                f"--backend vllm: vllm is not installed in this environment. Install it with "
-                f"{VLLM_INSTALL_HINT} (needs a CUDA GPU), or use --backend transformers."
-            )
-        return "vllm", None
-    if config.backend == "auto" and vllm_available() and _gpu_available():
-        return "vllm", None
-    if config.backend == "auto":
-        why = "vllm is not installed" if not vllm_available() else "no GPU is present"
-        return "transformers", f"--backend auto: using transformers ({why})."
-    return "transformers", None
+    """The backend to use and, when `auto` fell back to transformers, a note saying why."""
+    return choose_backend(config.backend)
 
 
 def load_backend(config: DatagenConfig, layer_ids: Sequence[int]) -> HiddenStatesBackend:
