@@ -269,3 +269,53 @@ def test_bad_input(case, generated, workdir, tiny_llama, no_template_model):
     for text in expected:
         assert text in " ".join(res.output.split()), res.output
     assert snapshot(generated) == before
+
+
+def test_fp8_hidden_states_half_the_bytes_and_train(generated, workdir, tiny_llama, tmp_path):
+    """--hidden-states-dtype fp8: the same samples as bf16 within e4m3's precision in about
+    half the bytes, recorded in data_config.json; a rerun with bf16 is refused (files of two
+    precisions are never mixed); training reads the fp8 files end to end."""
+    fp8 = workdir / "out-fp8"
+    ids = ("--layer-ids", "1", "3", "4", "5")
+    res = invoke(*flags(workdir, tiny_llama, "out-fp8", *ids, "--hidden-states-dtype", "fp8"))
+    assert res.exit_code == 0, res.output
+    config = json.loads((fp8 / "data_config.json").read_text())
+    assert config["generation"]["hidden_states_dtype"] == "fp8"
+    assert config["format"]["schema"]["hidden_states"]["dtype"] == "list[torch.float8_e4m3fn]"
+    record = torch.load(fp8 / "data_0.pt")
+    assert record["hidden_states"][0].dtype == torch.float8_e4m3fn
+    assert len(record["hidden_states_scale"]) == 4
+    for a_path, b_path in zip(list_sample_files(generated), list_sample_files(fp8)):
+        a, b = load_sample(a_path), load_sample(b_path)
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.loss_mask, b.loss_mask)
+        for x, y in zip([*a.aux_hidden_states, a.last_hidden_state],
+                        [*b.aux_hidden_states, b.last_hidden_state]):  # fmt: skip
+            assert (y.float() - x.float()).norm() / x.float().norm() < 0.05
+
+    def hidden_bytes(path: Path) -> int:  # what the files store of the states (and scales)
+        r = torch.load(path)
+        tensors = [*r["hidden_states"], *r.get("hidden_states_scale", [])]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    bf16_bytes = sum(hidden_bytes(f) for f in list_sample_files(generated))
+    fp8_bytes = sum(hidden_bytes(f) for f in list_sample_files(fp8))
+    assert fp8_bytes <= 0.5 * bf16_bytes * (1 + 4 / 32)  # + one fp32 scale per row of 32
+
+    before = snapshot(fp8)
+    res = invoke(*flags(workdir, tiny_llama, "out-fp8", *ids))  # bf16 into the fp8 dir
+    assert res.exit_code == 2 and "--hidden-states-dtype was 'fp8', now 'bf16'" in res.output
+    assert snapshot(fp8) == before
+
+    vocab = invoke(
+        "vocab", "--token-freq-path", fp8 / "token_freq.pt", "--draft-vocab-size", "64",
+        "--target-model-path", tiny_llama, "--output-path", tmp_path / "vocab",
+    )  # fmt: skip
+    assert vocab.exit_code == 0, vocab.output
+    train = invoke(
+        "train", "--verifier-name-or-path", tiny_llama, "--data-path", fp8,
+        "--d2t-path", tmp_path / "vocab" / "d2t.npy", "--t2d-path", tmp_path / "vocab" / "t2d.npy",
+        "--save-path", tmp_path / "ckpt", "--epochs", "1", "--total-seq-len", "128",
+        "--num-workers", "0", "--device", "cpu", "--val-fraction", "0",
+    )  # fmt: skip
+    assert train.exit_code == 0, train.output
+    assert (tmp_path / "ckpt" / "0" / "model.safetensors").is_file()

@@ -68,6 +68,7 @@ class GenerationSection(_Section):
     backend: str | None = None  # extra: transformers | vllm
     device: str | None = None  # extra
     dtype: str | None = None  # extra
+    hidden_states_dtype: str = "bf16"  # extra: how the files store them (bf16 | fp8)
 
 
 class FormatSection(_Section):
@@ -90,9 +91,9 @@ class DataConfig(_Section):
     format: FormatSection
 
 
-def format_schema(hidden_size: int, num_layers: int) -> dict:
-    """The `format.schema` block of the reference, for version-1 files."""
-    return {
+def format_schema(hidden_size: int, num_layers: int, hidden_dtype: str = "bf16") -> dict:
+    """The `format.schema` block of the reference, for version-1 files (and fp8's scales)."""
+    schema: dict[str, dict[str, object]] = {
         "input_ids": {
             "dtype": "torch.long",
             "shape": "[seq_len]",
@@ -110,6 +111,15 @@ def format_schema(hidden_size: int, num_layers: int) -> dict:
             "description": "1 for assistant tokens to train on, 0 elsewhere",
         },
     }
+    if hidden_dtype == "fp8":
+        schema["hidden_states"]["dtype"] = "list[torch.float8_e4m3fn]"
+        schema["hidden_states_scale"] = {
+            "dtype": "list[torch.float32]",
+            "shape": "list of [seq_len]",
+            "num_tensors": num_layers,
+            "description": "per token and layer: hidden state = fp8 value * scale",
+        }
+    return schema
 
 
 def save_data_config(output_dir: Path, config: DataConfig) -> Path:

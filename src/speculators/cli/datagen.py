@@ -61,6 +61,7 @@ def datagen(
     device: str = option(DatagenConfig, "device"),
     dtype: str = option(DatagenConfig, "dtype"),
     no_compile: bool = option(DatagenConfig, "no_compile"),
+    hidden_states_dtype: str = option(DatagenConfig, "hidden_states_dtype"),
     gpu_memory_utilization: float = option(DatagenConfig, "gpu_memory_utilization"),
     overwrite: bool = option(DatagenConfig, "overwrite"),
 ) -> None:
@@ -82,6 +83,7 @@ def datagen(
         device=device,
         dtype=dtype,
         no_compile=no_compile,
+        hidden_states_dtype=hidden_states_dtype,
         gpu_memory_utilization=gpu_memory_utilization,
         overwrite=overwrite,
     )

@@ -67,6 +67,11 @@ class DatagenConfig(StrictModel):
         "without torch.compile (compiling is about 1.2x faster, for ~20-40 s before the first "
         "batches); vllm backend, `enforce_eager` (no compile, no CUDA graphs).",
     )
+    hidden_states_dtype: Literal["bf16", "fp8"] = Field(
+        "bf16",
+        description="How hidden states are stored: bf16, or fp8 (e4m3 with one scale per token "
+        "and layer: half the bytes on disk and in the training loader). Training reads both.",
+    )
     gpu_memory_utilization: float = Field(
         0.8, gt=0, le=1, description="Share of GPU memory vllm may use (vllm backend only)."
     )

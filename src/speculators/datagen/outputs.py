@@ -38,6 +38,7 @@ def _differences(old: DataConfig, config: DatagenConfig, layer_ids: Sequence[int
         ("max_samples", old.data.max_samples, config.max_samples),
         ("seed", old.data.seed, config.seed),
         ("layer_ids", old.hidden_states.layer_ids, list(layer_ids)),
+        ("hidden_states_dtype", old.generation.hidden_states_dtype, config.hidden_states_dtype),
     ]
     return [f"{flag(name)} was {a!r}, now {b!r}" for name, a, b in pairs if a != b]
 
@@ -195,8 +196,13 @@ def write_data_config(
                 "dtype": str(getattr(backend, "dtype", "")).removeprefix("torch.") or None,
                 "fingerprint": fingerprint,
                 "token_freq_path": str(config.token_freq_path),
+                "hidden_states_dtype": config.hidden_states_dtype,
             },
-            "format": {"schema": format_schema(int(verifier.hidden_size), len(layer_ids))},
+            "format": {
+                "schema": format_schema(
+                    int(verifier.hidden_size), len(layer_ids), config.hidden_states_dtype
+                )
+            },
         }
     )
     return save_data_config(config.output_dir, data_config)

@@ -34,6 +34,7 @@ from speculators.datagen.preprocess import (
     default_cache_dir,
     tokenize_dataset,
 )
+from speculators.datagen.writer import SampleWriter
 from speculators.devices import resolve_device
 from speculators.errors import UserInputError, describe
 from speculators.sources import load_raw_data
@@ -94,10 +95,13 @@ def _tp_note(config: DatagenConfig, backend_name: str) -> str | None:
 
 def _fingerprint(config: DatagenConfig, data: TokenizedData, layer_ids: list[int]) -> str:
     """What the samples depend on: the tokenized data (tokenizer, data, seq_length, seed,
-    max_samples), the model and the layers. Not batch size, device or backend."""
+    max_samples), the model, the layers and how they are stored. Not batch size, device or
+    backend."""
     path = Path(config.target_model_path)
     model = str(path.resolve()) if path.exists() else config.target_model_path
-    blob = json.dumps([data.fingerprint, model, layer_ids])
+    # fp8 files hold other numbers; bf16 dirs keep the fingerprint they always had
+    storage = [] if config.hidden_states_dtype == "bf16" else [config.hidden_states_dtype]
+    blob = json.dumps([data.fingerprint, model, layer_ids, *storage])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -274,9 +278,11 @@ def run_datagen(
             save_token_freq(config.token_freq_path, plan.counts, plan.meta)
             if on_progress is not None:
                 on_progress(data.num_samples - len(todo), data.num_samples, 0)
+            writer = SampleWriter(hidden_dtype=config.hidden_states_dtype)
             stats = generate_samples(
-                backend, data, todo, config.output_dir, config.batch_size, on_progress
-            )
+                backend, data, todo, config.output_dir, config.batch_size, on_progress,
+                writer=writer,
+            )  # fmt: skip
             bytes_written, tokens = stats.bytes_written, stats.num_tokens
             gen_seconds = stats.seconds
         finally:

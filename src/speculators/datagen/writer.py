@@ -54,7 +54,10 @@ class SampleWriter:
     `put_batch` or on `close`; `failed_path` names the sample that failed.
     """
 
-    def __init__(self, max_batches: int = 3, num_threads: int | None = None) -> None:
+    def __init__(
+        self, max_batches: int = 3, num_threads: int | None = None, hidden_dtype: str = "bf16"
+    ) -> None:
+        self.hidden_dtype = hidden_dtype  # how the files store hidden states: bf16 or fp8
         self.bytes_written = 0
         self.wait_seconds = 0.0  # time put_batch spent blocked on a full writer
         self.error: BaseException | None = None
@@ -88,7 +91,7 @@ class SampleWriter:
         path, (ids, mask) = batch.paths[row], batch.samples[row]
         assert path is not None
         hidden = batch.hidden_states()[row]
-        save_sample(path, torch.tensor(ids), hidden, torch.tensor(mask))
+        save_sample(path, torch.tensor(ids), hidden, torch.tensor(mask), self.hidden_dtype)
         size = path.stat().st_size
         with self._lock:
             self.bytes_written += size

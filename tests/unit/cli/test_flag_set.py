@@ -12,7 +12,8 @@ COMMON = {"--help", "-h"}
 FLAGS = {
     "datagen": {
         "--backend", "--batch-size", "--cache-dir", "--device", "--dtype",
-        "--gpu-memory-utilization", "--layer-ids", "--max-samples", "--no-compile", "--output-dir",
+        "--gpu-memory-utilization", "--hidden-states-dtype", "--layer-ids", "--max-samples",
+        "--no-compile", "--output-dir",
         "--overwrite", "--seed", "--seq-length", "--target-model-path", "--tensor-parallel-size",
         "--token-freq-path", "--train-data-path",
     },
