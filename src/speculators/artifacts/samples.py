@@ -77,16 +77,14 @@ def save_sample(
     length = input_ids.shape[0]
     assert loss_mask.shape == (length,) and hidden_dtype in HIDDEN_DTYPES
     assert all(h.shape[0] == length and h.ndim == 2 for h in hidden_states)
-    record: dict[str, object] = {
-        "input_ids": _compact(input_ids, torch.long),
-        "loss_mask": _compact(loss_mask, torch.long),
-    }
+    record: dict[str, object] = {"input_ids": _compact(input_ids, torch.long)}
     if hidden_dtype == "fp8":
         quantized = [quantize_fp8(h) for h in hidden_states]
         record["hidden_states"] = [q for q, _ in quantized]
         record["hidden_states_scale"] = [scale for _, scale in quantized]
     else:
         record["hidden_states"] = [_compact(h, torch.bfloat16) for h in hidden_states]
+    record["loss_mask"] = _compact(loss_mask, torch.long)  # SPEC's order: the file's bytes too
     atomic_torch_save(path, record)
 
 
