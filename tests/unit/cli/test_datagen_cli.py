@@ -17,6 +17,7 @@ OURS = {
     "--device",
     "--dtype",
     "--gpu-memory-utilization",
+    "--hidden-states-dtype",
     "--no-compile",
     "--overwrite",
 }
