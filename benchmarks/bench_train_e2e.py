@@ -58,7 +58,8 @@ def make_data(out: Path, verifier: Path, real: int, total: int, gen_device: str)
 
     from speculators.artifacts.data_config import DataConfig, format_schema, save_data_config
     from speculators.artifacts.layer_ids import default_layer_ids
-    from speculators.artifacts.samples import sample_path, save_sample
+    from speculators.artifacts.sample_files import sample_path
+    from speculators.artifacts.samples import save_sample
 
     cfg = AutoConfig.from_pretrained(verifier)
     h, layer_ids = cfg.hidden_size, default_layer_ids(cfg.num_hidden_layers)

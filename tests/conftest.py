@@ -231,7 +231,8 @@ def make_training_data(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from speculators.artifacts.samples import sample_path, save_sample
+    from speculators.artifacts.sample_files import sample_path
+    from speculators.artifacts.samples import save_sample
 
     model = AutoModelForCausalLM.from_pretrained(verifier).eval()
     captured = {}

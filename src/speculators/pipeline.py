@@ -30,7 +30,7 @@ from speculators.artifacts.checkpoint_runs import current_run_id, latest_checkpo
 from speculators.artifacts.data_config import DATA_CONFIG_FILE, load_data_config
 from speculators.artifacts.output_paths import check_output_dir
 from speculators.artifacts.regenerated import load_regeneration_meta
-from speculators.artifacts.samples import first_missing_index
+from speculators.artifacts.sample_files import first_missing_index
 from speculators.config.base import flag
 from speculators.config.pipeline import STAGES, PipelineConfig
 from speculators.errors import UserInputError

@@ -19,7 +19,7 @@ from speculators.artifacts.data_config import (
 )
 from speculators.artifacts.layer_ids import to_vllm_aux_layer_ids
 from speculators.artifacts.provenance import VerifierFingerprint
-from speculators.artifacts.samples import sample_index
+from speculators.artifacts.sample_files import sample_index
 from speculators.artifacts.token_freq import TokenFreqMeta, load_token_freq_meta
 from speculators.config import DatagenConfig, flag
 from speculators.datagen.preprocess import default_cache_dir
