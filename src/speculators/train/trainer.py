@@ -22,7 +22,7 @@ from speculators.artifacts.checkpoint_runs import LEGACY_RUN, retire_other_runs
 from speculators.errors import UserInputError, compile_errors, compile_failure
 from speculators.models.eagle3 import Eagle3Draft
 from speculators.train.attention import AttentionImpl
-from speculators.train.compiled import compile_layers
+from speculators.train.compiled import compile_draft
 from speculators.train.divergence import check_finite, diverged
 from speculators.train.loss import ArgmaxOver, TTTMetrics
 from speculators.train.parallel import Parallel, SingleProcess, reduce_metrics
@@ -94,7 +94,7 @@ class Trainer:
             self.optimizer, lr_lambda(o.total_steps, o.warmup_steps, o.lr_decay)
         )
         if o.compile:
-            compile_layers(self.model)
+            compile_draft(self.model)
 
     @property
     def is_main(self) -> bool:
