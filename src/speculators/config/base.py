@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -17,6 +18,11 @@ class StrictModel(BaseModel):
 def flag(field_name: str) -> str:
     """The CLI flag that sets a config field (`draft_vocab_size` -> `--draft-vocab-size`)."""
     return "--" + field_name.replace("_", "-")
+
+
+def error_text(error: Any) -> str:
+    """The message of one pydantic validation error, without pydantic's "Value error, "."""
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def shell_command(argv: Sequence[str]) -> str:
