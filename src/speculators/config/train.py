@@ -100,7 +100,7 @@ class TrainConfig(StrictModel):
         "processes (default: one row per process). Same value = same loss curve for any "
         "number of processes.",
     )
-    # Processes (torchrun is started for you; see docs/train.md "Multiple GPUs and nodes").
+    # Processes (torchrun is started for you; see docs/train.md "Processes, GPUs and nodes").
     nproc_per_node: int | None = Field(
         None,
         ge=1,
