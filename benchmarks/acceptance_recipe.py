@@ -36,8 +36,8 @@ TRAIN_REGION = 4000  # build_sharegpt_heldout.py's default
 
 def smollm2_dir() -> Path:
     sys.path.insert(0, str(HERE.parent / "src"))
+    from speculators.demo import smollm2_gguf
     from speculators.models.gguf import convert_gguf_to_hf
-    from speculators.pipeline import smollm2_gguf
 
     gguf = smollm2_gguf()
     if gguf is None:

@@ -1,9 +1,9 @@
-"""End-to-end `speculators train` throughput through the torchrun re-exec, on synthetic files.
+"""End-to-end `speculators train` throughput through its torchrun launch, on synthetic files.
 
 Builds, in under a minute, a random-weight verifier dir holding only what the trainer reads
 (config.json + embed_tokens, final norm and lm_head in safetensors), sample files of
 ShareGPT-like lengths (bf16, 3 aux layers + the last layer), data_config.json and d2t/t2d; then
-runs `speculators train --nproc-per-node N ...` (torchrun, FSDP2) and prints steady-state
+runs `speculators train --nproc-per-node N ...` (torchrun; FSDP2 when N > 1) and prints steady-state
 tokens/s and peak GPU memory from the run's per-step metrics (the `jsonl` logger).
 
     python benchmarks/bench_train_e2e.py --size llama-3.1-8b --steps 200   # one H200 (~5 min)
@@ -58,7 +58,8 @@ def make_data(out: Path, verifier: Path, real: int, total: int, gen_device: str)
 
     from speculators.artifacts.data_config import DataConfig, format_schema, save_data_config
     from speculators.artifacts.layer_ids import default_layer_ids
-    from speculators.artifacts.samples import sample_path, save_sample
+    from speculators.artifacts.sample_files import sample_path
+    from speculators.artifacts.samples import save_sample
 
     cfg = AutoConfig.from_pretrained(verifier)
     h, layer_ids = cfg.hidden_size, default_layer_ids(cfg.num_hidden_layers)

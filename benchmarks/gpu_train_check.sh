@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of issue 5 on one GPU (about 5 minutes on an H200): `speculators train
-# --nproc-per-node 1` through the torchrun re-exec (NCCL, FSDP2, bf16 mixed precision, flex
-# attention) on a Llama-3.1-8B-shaped random verifier and synthetic ShareGPT-length data;
+# --nproc-per-node 1` through its torchrun launch (one process: plain module, fused AdamW, bf16
+# autocast, flex attention) on a Llama-3.1-8B-shaped random verifier and synthetic ShareGPT-length data;
 # prints steady-state tokens/s and peak GPU memory as JSON (also saved to $OUT if set).
 set -euo pipefail
 cd "$(dirname "$0")/.."

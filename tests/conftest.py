@@ -160,6 +160,17 @@ def conversations_jsonl(tmp_path) -> Path:
     return write_conversations(tmp_path / "convs.jsonl", SAMPLE_CONVERSATIONS)
 
 
+@pytest.fixture(autouse=True)
+def _torchrun_in_this_process(monkeypatch):
+    """`speculators train` through CliRunner runs its one torchrun worker in the test's process
+    (tests/torchrun_here.py); the few real torchrun runs are in tests/integration."""
+    from torchrun_here import run_worker_here
+
+    from speculators.train import launch
+
+    monkeypatch.setattr(launch, "run_torchrun", run_worker_here)
+
+
 # ---- real model and data (e2e) -------------------------------------------------------------
 
 
@@ -231,7 +242,8 @@ def make_training_data(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from speculators.artifacts.samples import sample_path, save_sample
+    from speculators.artifacts.sample_files import sample_path
+    from speculators.artifacts.samples import save_sample
 
     model = AutoModelForCausalLM.from_pretrained(verifier).eval()
     captured = {}

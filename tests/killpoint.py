@@ -38,6 +38,9 @@ def wrap(name):
     setattr(os, name, op)
 for name in ("replace", "rename"):
     wrap(name)
+sys.path.insert(0, spec["tests"])
+import torchrun_here  # the worker trains in this process, where the kill is armed
+torchrun_here.install()
 from speculators.cli import main
 sys.argv = ["speculators", *spec["args"]]
 main()
@@ -49,7 +52,7 @@ def run_killed(
 ) -> subprocess.CompletedProcess:
     """`speculators ARGS` in a child killed -9 at the n-th matching rename; must die there."""
     spec = {"args": [str(a) for a in args], "match": match, "nth": nth, "when": when}
-    spec["ops"] = list(ops)
+    spec["ops"], spec["tests"] = list(ops), str(Path(__file__).parent)
     proc = subprocess.run(
         [sys.executable, "-c", DRIVER, json.dumps(spec)],
         capture_output=True,

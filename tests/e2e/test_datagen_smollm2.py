@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-from speculators.artifacts.samples import list_sample_files, load_sample
+from speculators.artifacts.sample_files import list_sample_files
+from speculators.artifacts.samples import load_sample
 
 pytestmark = pytest.mark.e2e
 

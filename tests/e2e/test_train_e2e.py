@@ -13,10 +13,9 @@ import torch
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from speculators.artifacts.checkpoint import load_draft
 from speculators.cli import app
 from speculators.config import VocabConfig
-from speculators.models.eagle3 import DecodeCache
+from speculators.models.eagle3 import DecodeCache, Eagle3Draft
 from speculators.train.data import index_data
 from speculators.vocab import run_vocab
 
@@ -73,7 +72,7 @@ def test_train_smollm2_sharegpt_on_cpu(smollm2_dir: Path, smollm2_data: Path, tm
     assert config["eagle_aux_hidden_state_layer_ids"] == [i + 1 for i in layer_ids[:-1]]
 
     # Step-0 accuracy of the saved draft on the held-out rows, through the decoding path.
-    draft, _ = load_draft(save / "1")
+    draft = Eagle3Draft.from_checkpoint(save / "1")
     hf = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
     index = index_data(smollm2_data, 1, 0.15, 0)  # the trainer's split (same seed)
     train_choices: Counter[int] = Counter()

@@ -42,7 +42,8 @@ def _datagen(model: Path, data: Path, out: Path, backend: str):
 
 
 def test_vllm_datagen_writes_what_transformers_writes(smollm2_dir, sharegpt_file, tmp_path):
-    from speculators.artifacts.samples import list_sample_files, load_sample
+    from speculators.artifacts.sample_files import list_sample_files
+    from speculators.artifacts.samples import load_sample
 
     vllm_out, hf_out = tmp_path / "vllm", tmp_path / "hf"
     result = _datagen(smollm2_dir, sharegpt_file, vllm_out, "vllm")

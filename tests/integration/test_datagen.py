@@ -12,7 +12,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from speculators.artifacts.samples import list_sample_files, load_sample
+from speculators.artifacts.sample_files import list_sample_files
+from speculators.artifacts.samples import load_sample
 from speculators.cli import app
 from speculators.cli.common import expand_multi_value_flags
 

@@ -15,7 +15,7 @@ from conftest import SAMPLE_CONVERSATIONS, build_tiny_llama, write_conversations
 from killpoint import run_killed
 from typer.testing import CliRunner
 
-from speculators.artifacts.samples import list_sample_files
+from speculators.artifacts.sample_files import list_sample_files
 from speculators.artifacts.token_freq import load_token_freq_meta
 from speculators.cli import app
 from speculators.models.fingerprint import verifier_fingerprint

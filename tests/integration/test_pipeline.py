@@ -141,9 +141,9 @@ def test_bad_configs_exit_2_before_any_stage(run_args, tmp_path):
 
 
 def test_demo_names_the_install_command_when_packages_are_missing(monkeypatch, tmp_path):
-    import speculators.pipeline as pipeline_mod
+    import speculators.demo as demo_mod
 
-    monkeypatch.setattr(pipeline_mod, "smollm2_gguf", lambda: None)
+    monkeypatch.setattr(demo_mod, "smollm2_gguf", lambda: None)
     res = invoke("pipeline", "--output-dir", tmp_path / "demo")
     assert res.exit_code == 2
     text = " ".join(res.output.split())

@@ -1,4 +1,4 @@
-"""`speculators train --nproc-per-node 2 --device cpu`: the CLI re-execs itself under torchrun
+"""`speculators train --nproc-per-node 2 --device cpu`: the CLI runs two workers under torchrun
 (gloo, FSDP2). Compared against the plain one-process trainer with the same global batch, resumed
 after a kill, and stopped by a failing rank."""
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from speculators.artifacts.checkpoint import load_draft
 from speculators.config import TrainConfig
+from speculators.models.eagle3 import Eagle3Draft
 from speculators.train.run import prepare, run_train
 from speculators.train.step import ttt_forward
 
@@ -61,5 +61,5 @@ def test_train_and_resume_on_gpu(setup):
     assert first.history[-1]["train/loss_0"] < first.history[0]["train/loss_0"]
     resumed = run_train(config(setup, epochs=3))
     assert resumed.resumed_from is not None and resumed.resumed_from.name == "1"
-    model, _ = load_draft(resumed.checkpoint)
+    model = Eagle3Draft.from_checkpoint(resumed.checkpoint)
     assert all(torch.isfinite(p).all() for p in model.parameters())

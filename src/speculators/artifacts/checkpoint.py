@@ -4,6 +4,9 @@ A checkpoint is built in a hidden temp dir beside its final place and swapped in
 every file is written (artifacts.atomic.replace_dir: crash-safe even when it replaces an older
 `{epoch}`), so a killed run never leaves a directory named `{epoch}` that is incomplete;
 `training_state.json` is written last inside it as a second completeness marker.
+File names, completeness and the JSON files need no torch (the pipeline asks them without
+importing it); writing and reading the tensor files import it inside. Loading a draft as a
+model: `Eagle3Draft.from_checkpoint` (models/eagle3.py).
 """
 
 from __future__ import annotations
@@ -12,9 +15,7 @@ import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from speculators.artifacts.atomic import (
     atomic_torch_save,
@@ -24,6 +25,9 @@ from speculators.artifacts.atomic import (
     temp_dir_beside,
 )
 from speculators.errors import UserInputError, WriteError
+
+if TYPE_CHECKING:
+    import torch
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -134,6 +138,8 @@ def full_vocab(config: Mapping[str, Any]) -> bool:
 def served_weights(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict:
     """model.safetensors as vLLM loads it: bf16 weights; d2t and t2d only when the draft vocab
     is a subset (vLLM >= 0.33 has no d2t parameter for a full-vocab draft and refuses one)."""
+    import torch
+
     skip = {"d2t", "t2d"} if full_vocab(config) else set()
     return {
         name: (t.to(torch.bfloat16) if t.is_floating_point() else t).detach().cpu().contiguous()
@@ -185,6 +191,8 @@ def read_resume_state(checkpoint_dir: Path) -> dict[str, Any]:
             "continue from it (its weights still serve in vLLM). Pass "
             "--no-resume-from-checkpoint to start over, or another --save-path."
         )
+    import torch
+
     out = {}
     for name in files:
         try:
@@ -216,40 +224,23 @@ def load_draft_config(checkpoint_dir: Path) -> dict[str, Any]:
     return config
 
 
-def load_draft(checkpoint_dir: Path, device: str | torch.device = "cpu") -> tuple[Any, dict]:
-    """Load a draft checkpoint as (Eagle3Draft in fp32, eval mode; its config.json dict)."""
+def read_weights(checkpoint_dir: Path, config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """model.safetensors as `served_weights` wrote it, in fp32, with the identity d2t/t2d of a
+    full-vocab draft restored; a damaged file is a UserInputError naming it."""
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    from transformers import LlamaConfig
 
-    # The model class lives one layer up; imported here so the on-disk contracts stay light.
-    from speculators.models.eagle3 import Eagle3Draft
-
-    checkpoint_dir = Path(checkpoint_dir)
-    config = load_draft_config(checkpoint_dir)
-    layer_config = LlamaConfig(**config["transformer_layer_config"])
-    model = Eagle3Draft(
-        layer_config,
-        draft_vocab_size=config["draft_vocab_size"],
-        num_aux_layers=len(config["eagle_aux_hidden_state_layer_ids"]),
-        target_hidden_size=config.get("target_hidden_size"),
-    )
-    weights_path = checkpoint_dir / WEIGHTS_FILE
+    path = Path(checkpoint_dir) / WEIGHTS_FILE
     try:
-        state = load_file(str(weights_path))
+        state = load_file(str(path))
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise UserInputError(
-            f"{weights_path}: cannot read the draft weights ({e.__class__.__name__}: {e}). The "
+            f"{path}: cannot read the draft weights ({e.__class__.__name__}: {e}). The "
             "file is damaged (e.g. a partial copy): copy it again, or use another checkpoint."
         ) from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     if full_vocab(config):  # the identity mapping is not stored (served_weights)
         state.setdefault("d2t", torch.zeros(config["draft_vocab_size"], dtype=torch.long))
         state.setdefault("t2d", torch.ones(config["draft_vocab_size"], dtype=torch.bool))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserInputError(
-            f"{weights_path} does not match its config.json (missing {missing[:4]}, unexpected "
-            f"{unexpected[:4]}). The checkpoint is damaged or from another tool."
-        )
-    return model.to(device).eval(), config
+    return state

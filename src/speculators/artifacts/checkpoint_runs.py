@@ -15,6 +15,7 @@ import json
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from speculators.artifacts.atomic import atomic_write_json, retire_dir
 from speculators.artifacts.checkpoint import is_complete_checkpoint, read_training_state
@@ -22,6 +23,9 @@ from speculators.errors import UserInputError
 
 RUN_FILE = "run.json"
 LEGACY_RUN = "legacy"
+# The resolved settings of the run whose newest checkpoint SAVE_PATH holds, written with each
+# checkpoint: `speculators train --config SAVE_PATH/train_config.json` runs them again.
+TRAIN_CONFIG_FILE = "train_config.json"
 
 
 def current_run_id(save_path: Path) -> str | None:
@@ -89,3 +93,7 @@ def retire_other_runs(save_path: Path, run_id: str) -> list[Path]:
     for path in old:
         retire_dir(path)
     return old
+
+
+def record_train_config(save_path: Path, values: dict[str, Any]) -> None:
+    atomic_write_json(save_path / TRAIN_CONFIG_FILE, values)

@@ -1,4 +1,5 @@
-"""Sample files `data_{idx}.pt` (SPEC §2): one verifier forward pass over one conversation.
+"""What a sample file `data_{idx}.pt` holds (SPEC §2): one verifier forward pass over one
+conversation. Names and listing: artifacts/sample_files.py.
 
 Version 1 (written): {"input_ids": long [L], "hidden_states": [bf16 [L, H], ...] one per layer id,
 aux layers first and the last layer last, "loss_mask": long [L]}.
@@ -12,18 +13,13 @@ Version 0 (read only): {"input_ids", "loss_mask", "hidden_state": [L, k*H] aux c
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from speculators.artifacts.atomic import atomic_torch_save
-from speculators.artifacts.data_config import DATA_CONFIG_FILE
 from speculators.errors import UserInputError
-
-FILE_PATTERN = "data_{idx}.pt"
-_FILE_RE = re.compile(r"^data_(\d+)\.pt$")
 
 
 @dataclass
@@ -34,15 +30,6 @@ class Sample:
     aux_hidden_states: list[torch.Tensor]  # k x [L, H]
     last_hidden_state: torch.Tensor  # [L, H], pre-norm output of the verifier's last layer
     loss_mask: torch.Tensor  # long [L]
-
-
-def sample_path(output_dir: Path, idx: int) -> Path:
-    return output_dir / FILE_PATTERN.format(idx=idx)
-
-
-def sample_index(path: Path) -> int | None:
-    m = _FILE_RE.match(path.name)
-    return int(m.group(1)) if m else None
 
 
 FP8 = torch.float8_e4m3fn
@@ -175,33 +162,3 @@ def check_finite(path: Path, hidden: torch.Tensor) -> None:
             "without it (training skips nothing silently), or regenerate it with "
             "`speculators datagen`."
         )
-
-
-def list_sample_files(data_path: Path) -> list[Path]:
-    """Every .pt sample under `data_path`, recursively, in a stable order (by dir, then index).
-
-    In a directory with a data_config.json (datagen's) only `data_{idx}.pt` files are samples,
-    so other files there (a token_freq.pt under any name) are never read as one. Hidden files
-    and directories (temps of a killed writer) are skipped everywhere."""
-    configured = {p.parent for p in data_path.rglob(DATA_CONFIG_FILE)}
-    files = [
-        p
-        for p in data_path.rglob("*.pt")
-        if not any(part.startswith(".") for part in p.relative_to(data_path).parts)
-        and p.name != "token_freq.pt"
-        and (p.parent not in configured or sample_index(p) is not None)
-    ]
-
-    def key(p: Path) -> tuple[str, int, str]:
-        idx = sample_index(p)
-        return (str(p.parent), -1 if idx is None else idx, p.name)
-
-    return sorted(files, key=key)
-
-
-def first_missing_index(output_dir: Path, num_samples: int) -> int:
-    """Where a resumed datagen run starts: the first index in [0, num_samples) with no file."""
-    for idx in range(num_samples):
-        if not sample_path(output_dir, idx).is_file():
-            return idx
-    return num_samples

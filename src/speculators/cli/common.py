@@ -13,7 +13,7 @@ from pydantic_core import PydanticUndefined
 from rich.console import Console
 from rich.markup import escape
 
-from speculators.config.base import flag
+from speculators.config.base import error_text, flag, shell_command
 from speculators.errors import UserInputError
 
 console = Console()
@@ -41,7 +41,7 @@ def fail(message: str) -> NoReturn:
 
 
 def _describe(error: Any) -> str:
-    msg = str(error["msg"]).removeprefix("Value error, ")
+    msg = error_text(error)
     loc = [str(p) for p in error.get("loc", ()) if not isinstance(p, int)]
     if not loc:
         return msg
@@ -106,6 +106,4 @@ def expand_multi_value_flags(argv: list[str]) -> list[str]:
 
 def command_line() -> str:
     """The command as the user typed it, for reproducibility records."""
-    import shlex
-
-    return " ".join(shlex.quote(a) for a in ["speculators", *sys.argv[1:]])
+    return shell_command(["speculators", *sys.argv[1:]])

@@ -93,7 +93,8 @@ def pipeline(
     """Run [regenerate ->] datagen -> vocab -> train -> eval; finished stages with unchanged
     inputs are skipped. With no model given it runs the built-in demo (SmolLM2-135M-Instruct on
     ShareGPT rows)."""
-    from speculators.pipeline import DEMO_ROOT, demo_values, run_pipeline
+    from speculators.demo import DEMO_ROOT, demo_values
+    from speculators.pipeline import run_pipeline
 
     with user_errors():
         try:

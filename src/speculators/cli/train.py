@@ -7,15 +7,15 @@
     speculators train --verifier-name-or-path ./SmolLM2-135M-Instruct --data-path ./data \\
         --d2t-path ./vocab/d2t.npy --t2d-path ./vocab/t2d.npy --epochs 2 --total-seq-len 1024
 
-Several processes (every visible GPU by default) run under torchrun, which this command starts
-itself: it writes SAVE_PATH/train_config.json and execs
-`python -m torch.distributed.run ... -m speculators train --config SAVE_PATH/train_config.json`.
+The workers always run under torchrun, which this command starts itself (one process per
+visible GPU by default, one on CPU): train/launch.py decides how many, writes the resolved config
+to a file and runs `python -m torch.distributed.run ... -m speculators train --config FILE`;
+each worker runs this command again and trains.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from speculators.cli.common import build, console, err_console, fail, option, user_errors
+from speculators.cli.common import build, console, fail, option, user_errors
 from speculators.config import TrainConfig
 
 
@@ -151,13 +151,13 @@ def train(
     if values.get("verifier_name_or_path") is None:  # optional only so that --config can give it
         values.pop("verifier_name_or_path", None)
     config = build(TrainConfig, **values)
-    from speculators.train import launch
+    from speculators.train.launch import launch
 
-    if launch.under_torchrun():
-        from speculators.train.distributed import run_worker as run_train
-    else:
-        _maybe_launch(config)
-        from speculators.train.run import run_train
+    with user_errors():
+        code = launch(config)
+    if code is not None:  # the workers ran; each printed its own errors
+        raise typer.Exit(code)
+    from speculators.train.run import run_train
 
     view = _ConsoleView()
     with user_errors():
@@ -201,36 +201,3 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         fail(f'--config {path}: expected a JSON object of settings, e.g. {{"epochs": 3}}.')
     return values
-
-
-def _maybe_launch(config: TrainConfig) -> None:
-    """Re-exec under torchrun when several processes (or an explicit --nproc-per-node) are
-    wanted; returns only when this process should train on its own."""
-    import torch
-
-    from speculators.train import launch
-
-    gpus = 0 if config.device == "cpu" else torch.cuda.device_count()
-    gpus = launch.visible_gpu_count(os.environ, gpus)
-    nproc = launch.resolve_nproc(config.nproc_per_node, config.device, gpus)
-    if not launch.should_launch(config.nproc_per_node, nproc, config.nnodes):
-        return
-    if config.device == "cuda" and nproc > gpus:
-        fail(
-            f"--nproc-per-node {nproc}: only {gpus} GPU(s) are visible on this node (one "
-            "process per GPU). Lower --nproc-per-node, or use --device cpu."
-        )
-    if config.rows_per_step and config.rows_per_step % (nproc * config.nnodes):
-        fail(
-            f"--rows-per-step {config.rows_per_step} must be a multiple of the number of "
-            f"processes ({nproc * config.nnodes} = --nproc-per-node x --nnodes)."
-        )
-    resolved = config.model_copy(update={"nproc_per_node": nproc})
-    path = launch.write_config(config.save_path, resolved.model_dump(mode="json"))
-    cmd = launch.torchrun_command(
-        path, nproc, config.nnodes, config.node_rank, config.rdzv_endpoint
-    )
-    err_console.print(
-        f"starting {nproc * config.nnodes} processes: {' '.join(cmd)}", highlight=False
-    )
-    launch.exec_torchrun(cmd)

@@ -3,7 +3,7 @@
 Nothing here imports torch: configs are built and validated before any heavy work starts.
 """
 
-from speculators.config.base import StrictModel, flag
+from speculators.config.base import StrictModel, flag, shell_command
 from speculators.config.datagen import DatagenConfig
 from speculators.config.eval import EvalConfig
 from speculators.config.pipeline import PipelineConfig
@@ -20,4 +20,5 @@ __all__ = [
     "TrainConfig",
     "VocabConfig",
     "flag",
+    "shell_command",
 ]

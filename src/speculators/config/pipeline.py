@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from speculators.config.base import StrictModel
+from speculators.config.base import StrictModel, error_text
 from speculators.config.datagen import DatagenConfig
 from speculators.config.eval import EvalConfig
 from speculators.config.regenerate import RegenerateConfig
@@ -184,7 +184,7 @@ def _build(stage: str, values: dict[str, Any]) -> StrictModel:
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int))
-        msg = str(err["msg"]).removeprefix("Value error, ")
+        msg = error_text(err)
         raise ValueError(f"{stage}.{where}: {msg}" if where else f"{stage}: {msg}") from None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from speculators.config.base import StrictModel
 
@@ -100,7 +100,7 @@ class TrainConfig(StrictModel):
         "processes (default: one row per process). Same value = same loss curve for any "
         "number of processes.",
     )
-    # Processes (torchrun is started for you; see docs/train.md "Multiple GPUs and nodes").
+    # Processes (torchrun is started for you; see docs/train.md "Processes, GPUs and nodes").
     nproc_per_node: int | None = Field(
         None,
         ge=1,
@@ -124,7 +124,10 @@ class TrainConfig(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> TrainConfig:
+    def _check(self, info: ValidationInfo) -> TrainConfig:
+        """Every rule between fields. The launcher (train/launch.py) validates the config again
+        once it knows the process count, with this node's GPU count as context
+        (`{"visible_gpus": n}`), so the process rules below see the run as it will start."""
         if self.ttt_steps < 1:
             raise ValueError(
                 f"--ttt-steps must be at least 1 (got {self.ttt_steps}): step 0 is the draft's "
@@ -146,6 +149,15 @@ class TrainConfig(StrictModel):
                 f"--nnodes {self.nnodes} needs --rdzv-endpoint HOST:PORT, an address of the "
                 "first node that every node can reach (e.g. --rdzv-endpoint node0:29400)."
             )
+        gpus = (info.context or {}).get("visible_gpus")
+        if gpus is not None and self.nproc_per_node and self.device != "cpu":
+            on_gpus = self.device == "cuda" or gpus > 0  # auto without GPUs: CPU processes
+            if on_gpus and self.nproc_per_node > max(gpus, 1):
+                raise ValueError(
+                    f"--nproc-per-node {self.nproc_per_node}: only {gpus} GPU(s) are visible on "
+                    "this node (one process per GPU; counted from CUDA_VISIBLE_DEVICES, else "
+                    "`nvidia-smi -L`). Lower --nproc-per-node, or use --device cpu."
+                )
         if self.rows_per_step and self.nproc_per_node:
             world = self.nproc_per_node * self.nnodes
             if self.rows_per_step % world:

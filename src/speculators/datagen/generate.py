@@ -20,7 +20,7 @@ from typing import Protocol
 
 import torch
 
-from speculators.artifacts.samples import sample_path
+from speculators.artifacts.sample_files import sample_path
 from speculators.datagen.backends.base import HiddenStatesBackend, PendingCapture, launch_capture
 from speculators.datagen.writer import SampleWriter
 from speculators.errors import UserInputError, WriteError, describe

@@ -19,9 +19,9 @@ from speculators.artifacts.data_config import (
 )
 from speculators.artifacts.layer_ids import to_vllm_aux_layer_ids
 from speculators.artifacts.provenance import VerifierFingerprint
-from speculators.artifacts.samples import sample_index
+from speculators.artifacts.sample_files import sample_index
 from speculators.artifacts.token_freq import TokenFreqMeta, load_token_freq_meta
-from speculators.config import DatagenConfig, flag
+from speculators.config import DatagenConfig, flag, shell_command
 from speculators.datagen.preprocess import default_cache_dir
 from speculators.errors import UserInputError
 
@@ -131,7 +131,7 @@ def config_command(config: DatagenConfig) -> str:
             parts += [flag(name), *map(str, value)]
         else:
             parts += [flag(name), str(value)]
-    return " ".join(parts)
+    return shell_command(parts)
 
 
 def write_data_config(

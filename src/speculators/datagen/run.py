@@ -22,7 +22,7 @@ from speculators.artifacts.output_paths import check_output_dir as check_writabl
 from speculators.artifacts.output_paths import check_output_file
 from speculators.artifacts.provenance import VerifierFingerprint
 from speculators.artifacts.regenerated import load_regeneration_meta
-from speculators.artifacts.samples import sample_index, sample_path
+from speculators.artifacts.sample_files import sample_index, sample_path
 from speculators.artifacts.token_freq import TokenFreqMeta, save_token_freq
 from speculators.config import DatagenConfig
 from speculators.datagen.generate import ProgressFn, generate_samples

@@ -9,15 +9,8 @@ from typing import Any
 
 import torch
 
+from speculators.models.capture import LayerCapture
 from speculators.models.eagle3 import DecodeCache, Eagle3Draft
-
-
-def decoder_layers(model: torch.nn.Module, num_layers: int) -> torch.nn.ModuleList:
-    """The decoder layer list of a causal LM (`model.model.layers` for Llama-like models)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == num_layers:
-            return module
-    raise ValueError(f"cannot find the {num_layers} decoder layers of {type(model).__name__}")
 
 
 class HFVerifier:
@@ -29,19 +22,11 @@ class HFVerifier:
         self.model = model
         self.aux_layer_ids = list(aux_layer_ids)
         self.device = next(model.parameters()).device
-        self._captured: dict[int, torch.Tensor] = {}
-        layers = decoder_layers(model, int(model.config.num_hidden_layers))
-        self._hooks = [layers[i].register_forward_hook(self._keep(i)) for i in self.aux_layer_ids]
+        self._capture = LayerCapture(model, self.aux_layer_ids)
         self.cache: Any = None
         # transformers renamed `past_key_values` to `cache` (5.2x); support both.
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
-
-    def _keep(self, layer_id: int) -> Any:
-        def keep(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-            self._captured[layer_id] = output[0] if isinstance(output, tuple) else output
-
-        return keep
 
     def start(self) -> None:
         from transformers import DynamicCache
@@ -51,10 +36,11 @@ class HFVerifier:
     @torch.inference_mode()
     def forward(self, input_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.tensor([input_ids], device=self.device)
-        self._captured.clear()
+        captured = self._capture.outputs
+        captured.clear()
         kwargs = {self._cache_kwarg: self.cache}
         out = self.model(input_ids=ids, use_cache=True, **kwargs)  # fills self.cache in place
-        aux = torch.cat([self._captured[i][0] for i in self.aux_layer_ids], dim=-1)
+        aux = torch.cat([captured[i][0] for i in self.aux_layer_ids], dim=-1)
         return out.logits[0].float().cpu(), aux
 
     def crop(self, length: int) -> None:
@@ -65,9 +51,7 @@ class HFVerifier:
             self.cache.crop(-surplus)
 
     def close(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
+        self._capture.close()
 
 
 class EagleProposer:

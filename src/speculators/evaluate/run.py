@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from speculators.artifacts.atomic import atomic_write_json, atomic_write_text
-from speculators.artifacts.checkpoint import load_draft, load_draft_config
+from speculators.artifacts.checkpoint import load_draft_config
 from speculators.artifacts.layer_ids import from_vllm_aux_layer_ids
 from speculators.config.eval import EvalConfig
 from speculators.devices import resolve_device
@@ -23,6 +23,7 @@ from speculators.evaluate import checks
 from speculators.evaluate.decode import DecodeStats, as_generator, speculative_generate
 from speculators.evaluate.models import EagleProposer, HFVerifier
 from speculators.evaluate.prompts import load_prompts
+from speculators.models.eagle3 import Eagle3Draft
 from speculators.models.verifier import load_verifier_config
 
 RESULTS_FILE = checks.RESULTS_FILE
@@ -262,7 +263,7 @@ def _decode_hf(
     """Chain speculative decoding in this process, one prompt at a time."""
     device = resolve_device(config.device)
     dtype = DTYPES.get(config.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    draft, _ = load_draft(config.checkpoint_dir, device)
+    draft = Eagle3Draft.from_checkpoint(config.checkpoint_dir, device)
     model = _load_verifier(setup.verifier, dtype, device)
     if not config.allow_verifier_mismatch:
         check_embeddings(config.checkpoint_dir, setup.verifier, draft, model)

@@ -11,6 +11,7 @@ cache below (sequential, causal, used by `speculators eval`) or the training-tim
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -23,6 +24,9 @@ from transformers.models.llama.modeling_llama import (
     LlamaRotaryEmbedding,
     apply_rotary_pos_emb,
 )
+
+from speculators.artifacts.checkpoint import WEIGHTS_FILE, load_draft_config, read_weights
+from speculators.errors import UserInputError
 
 T = TypeVar("T")
 
@@ -226,6 +230,28 @@ class Eagle3Draft(nn.Module):
         self.register_buffer("t2d", torch.zeros(vocab, dtype=torch.bool))
         self.rotary_emb = LlamaRotaryEmbedding(layer_config)
         self.reset_parameters(layer_config.initializer_range)
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint_dir: Path, device: str | torch.device = "cpu"
+    ) -> Eagle3Draft:
+        """A checkpoint of `speculators train` (artifacts/checkpoint.py) as a draft: fp32, eval."""
+        config = load_draft_config(checkpoint_dir)
+        model = cls(
+            LlamaConfig(**config["transformer_layer_config"]),
+            draft_vocab_size=config["draft_vocab_size"],
+            num_aux_layers=len(config["eagle_aux_hidden_state_layer_ids"]),
+            target_hidden_size=config.get("target_hidden_size"),
+        )
+        state = read_weights(checkpoint_dir, config)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise UserInputError(
+                f"{Path(checkpoint_dir) / WEIGHTS_FILE} does not match its config.json (missing "
+                f"{missing[:4]}, unexpected {unexpected[:4]}). The checkpoint is damaged or from "
+                "another tool."
+            )
+        return model.to(device).eval()
 
     @torch.no_grad()
     def reset_parameters(self, std: float = 0.02) -> None:

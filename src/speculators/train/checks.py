@@ -12,7 +12,7 @@ from speculators.artifacts.data_config import DataConfig
 from speculators.artifacts.layer_ids import default_layer_ids
 from speculators.artifacts.output_paths import check_output_dir
 from speculators.artifacts.provenance import VerifierFingerprint
-from speculators.artifacts.samples import sample_index
+from speculators.artifacts.sample_files import sample_index
 from speculators.config.train import TrainConfig
 from speculators.errors import UserInputError
 from speculators.train.data import DataIndex

@@ -14,7 +14,7 @@ import torch
 from speculators.models.eagle3 import Eagle3Draft
 
 
-def compile_layers(model: Eagle3Draft, backend: str = "inductor") -> None:
+def compile_draft(model: Eagle3Draft, backend: str = "inductor") -> None:
     for layer in model.layers:
         for name in ("before_attention", "after_attention"):
             setattr(layer, name, torch.compile(getattr(layer, name), backend=backend))

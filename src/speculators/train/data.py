@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from speculators.artifacts.samples import check_finite, list_sample_files, load_sample
+from speculators.artifacts.sample_files import list_sample_files
+from speculators.artifacts.samples import check_finite, load_sample
 from speculators.errors import UserInputError
 
 

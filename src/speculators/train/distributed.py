@@ -1,19 +1,20 @@
-"""Process group, FSDP2 sharding and cross-rank sums for `speculators train` under torchrun.
+"""Process group, FSDP2 sharding and cross-rank sums: every `speculators train` process runs in
+a process group, the one torchrun set up (train/launch.py) or, for a Python caller outside
+torchrun, one of this process alone. With one process the draft stays a plain module (fused
+AdamW, no FSDP) and nothing is communicated: the same run as it was before process groups.
 
-All process-group code lives here; the trainer only sees the `Distributed` object (the
-`Parallel` protocol of train/parallel.py). torchrun's elastic agent stops every worker as soon as
-one exits non-zero, so a failing rank ends the run instead of leaving the others hanging in a
-collective; the finite process-group timeout is the backstop for a rank stuck without exiting.
+All process-group code lives here; the trainer only sees `Parallel`. torchrun's elastic agent
+stops every worker as soon as one exits non-zero, so a failing rank ends the run instead of
+leaving the others hanging in a collective; the finite process-group timeout is the backstop for
+a rank stuck without exiting.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -27,9 +28,10 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-from speculators.config.train import TrainConfig
-from speculators.errors import UserInputError
+from speculators.devices import resolve_device
 from speculators.models.eagle3 import Eagle3Draft
+from speculators.train.launch import under_torchrun
+from speculators.train.loss import TTTMetrics
 
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=10)
 # Gathered to CPU on rank 0 only: the full state never sits on every GPU at once.
@@ -38,19 +40,23 @@ _SCATTER = StateDictOptions(full_state_dict=True)
 
 
 @dataclass
-class Distributed:
-    """This worker's place in the run; implements the trainer's `Parallel` protocol."""
+class Parallel:
+    """This process's place in the run: what the trainer sums across processes, and how full
+    state dicts are gathered and scattered (the same parameter-name keys for any number of
+    processes, so a checkpoint of one resumes in the other)."""
 
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     def sum(self, values: list[float]) -> list[float]:
+        if self.world_size == 1:
+            return values
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.tolist()
@@ -68,40 +74,58 @@ class Distributed:
     def load_optimizer_state(
         self, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict
     ) -> None:
-        set_optimizer_state_dict(model, opt, state, options=_SCATTER)
+        params = (state.get("param_groups") or [{}])[0].get("params") or [""]
+        if isinstance(params[0], int):  # written by torch's own optimizer.state_dict()
+            opt.load_state_dict(state)
+        else:
+            set_optimizer_state_dict(model, opt, state, options=_SCATTER)
 
     def barrier(self) -> None:
-        dist.barrier()
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def reduce_metrics(metrics: TTTMetrics, parallel: Parallel) -> TTTMetrics:
+    """Sum the metric numerators and denominators over all ranks (ratios are taken after)."""
+    totals, n = metrics.totals(), metrics.num_steps
+    names = list(totals)
+    flat = [v for name in names for v in totals[name]] + [float(metrics.num_tokens)]
+    summed = parallel.sum(flat)
+    out = {name: summed[i * n : (i + 1) * n] for i, name in enumerate(names)}
+    return TTTMetrics.from_totals(out, n, int(summed[-1]))
 
 
 def worker_device(choice: str, local_rank: int) -> torch.device:
-    """This worker's device: GPU `local_rank` (of those CUDA_VISIBLE_DEVICES shows) or the CPU."""
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    count = torch.cuda.device_count()
-    if local_rank >= count:
-        raise UserInputError(
-            f"--nproc-per-node: worker {local_rank} has no GPU of its own ({count} visible"
-            f"{', per CUDA_VISIBLE_DEVICES' if 'CUDA_VISIBLE_DEVICES' in os.environ else ''}). "
-            "Use at most one process per GPU, or --device cpu."
-        )
-    return torch.device("cuda", local_rank)
+    """This process's device: GPU `local_rank` (of those CUDA_VISIBLE_DEVICES shows) or the
+    CPU. How many processes fit on the GPUs is checked before they start (train/launch.py)."""
+    device = resolve_device(choice)
+    return torch.device("cuda", local_rank) if device.type == "cuda" else device
 
 
-def init(choice: str, env: Mapping[str, str] | None = None) -> Distributed:
-    """Join the process group torchrun set up (NCCL on GPUs, gloo on CPUs)."""
+def init(choice: str, env: Mapping[str, str] | None = None) -> Parallel:
+    """Join the process group torchrun set up, or make one of this process alone (a Python
+    caller outside torchrun); NCCL on GPUs, gloo on CPUs."""
     env = os.environ if env is None else env
-    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
-    local_rank = int(env.get("LOCAL_RANK", "0"))
+    torchrun = under_torchrun(env)
+    if torchrun:
+        rank, world, local_rank = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
+    else:
+        rank, world, local_rank = 0, 1, 0
     device = worker_device(choice, local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if device.type == "cuda":
-        # device_id binds the communicator to this GPU (barriers need not guess it).
-        dist.init_process_group("nccl", timeout=PROCESS_GROUP_TIMEOUT, device_id=device)
+    if not torchrun:  # a group of one, in memory: no address to agree on
+        store = dist.HashStore()
+        dist.init_process_group(
+            backend, store=store, rank=0, world_size=1, timeout=PROCESS_GROUP_TIMEOUT
+        )
     else:
-        dist.init_process_group("gloo", timeout=PROCESS_GROUP_TIMEOUT)
-    return Distributed(rank, world, local_rank, device)
+        # device_id binds the communicator to this GPU (barriers need not guess it). A process
+        # alone never communicates, so its NCCL communicator is never even created.
+        bind = device if device.type == "cuda" and world > 1 else None
+        dist.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT, device_id=bind)
+    return Parallel(rank, world, local_rank, device)
 
 
 def teardown() -> None:
@@ -135,7 +159,7 @@ def parallelize(model: Eagle3Draft, device: torch.device) -> Eagle3Draft:
     return model
 
 
-def _peer_failed(e: Exception) -> bool:
+def peer_failed(e: Exception) -> bool:
     """A collective failed because another worker exited (gloo: closed connection; NCCL:
     a DistError from the watchdog)."""
     text = str(e)
@@ -143,36 +167,3 @@ def _peer_failed(e: Exception) -> bool:
         m in text
         for m in ("Connection closed by peer", "Connection reset by peer", "remote worker")
     )
-
-
-def run_worker(config: TrainConfig, progress: Any = None) -> Any:
-    """One torchrun worker: join the group, check inputs, train, leave. A UserInputError while
-    checking inputs is the same on every rank, so only the first rank of each node reports it;
-    one raised later (a bad sample file in this rank's rows) is reported by the rank that hit it.
-    """
-    from speculators.train.run import prepare, train_prepared
-
-    parallel = init(config.device)
-    try:
-        try:
-            run = prepare(
-                config, parallel, parallel.device, lambda m: parallelize(m, parallel.device)
-            )
-        except UserInputError:
-            if parallel.local_rank != 0:
-                raise SystemExit(2) from None
-            raise
-        try:
-            result = train_prepared(run, progress if parallel.is_main else None)
-        except UserInputError as e:
-            prefix = f"rank {parallel.rank}: " if parallel.world_size > 1 else ""
-            raise UserInputError(prefix + str(e)) from None
-        except Exception as e:
-            if parallel.world_size > 1 and _peer_failed(e):
-                # Collateral damage: the failing rank has printed the cause; no traceback here.
-                print(f"rank {parallel.rank}: stopped, another rank failed.", file=sys.stderr)
-                raise SystemExit(1) from None
-            raise
-        return result if parallel.is_main else None
-    finally:
-        teardown()

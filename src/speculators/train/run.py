@@ -1,4 +1,6 @@
-"""`speculators train` in one process: check inputs, build the draft, resume, train, save.
+"""One training process: join the run's process group, check inputs, build the draft, resume,
+train, save. Every process of `speculators train` (torchrun's workers, train/launch.py) and every
+Python call runs `run_train`.
 
     speculators train --verifier-name-or-path ./tiny-llama --data-path ./data \
         --d2t-path ./vocab/d2t.npy --t2d-path ./vocab/t2d.npy --epochs 2 --total-seq-len 512
@@ -8,7 +10,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,14 +20,14 @@ import torch
 
 from speculators import __version__
 from speculators.artifacts.checkpoint import speculators_config
-from speculators.artifacts.checkpoint_runs import latest_checkpoint
+from speculators.artifacts.checkpoint_runs import latest_checkpoint, record_train_config
 from speculators.artifacts.data_config import find_data_configs
 from speculators.artifacts.layer_ids import to_vllm_aux_layer_ids
 from speculators.artifacts.vocab_mapping import load_vocab_mapping
 from speculators.config.train import TrainConfig
 from speculators.devices import resolve_device
 from speculators.errors import UserInputError
-from speculators.models.eagle3 import Eagle3Draft, layer_config_dict
+from speculators.models.eagle3 import layer_config_dict
 from speculators.models.fingerprint import verifier_fingerprint
 from speculators.models.verifier import load_verifier_config
 from speculators.train.build import VERIFIER_FLAG, build_model, place_model, targets_to
@@ -38,8 +41,9 @@ from speculators.train.data import (
     pack,
     rank_rows,
 )
+from speculators.train.distributed import Parallel, init, parallelize, peer_failed, teardown
+from speculators.train.launch import under_torchrun, worker_config
 from speculators.train.loggers import MetricLoggers
-from speculators.train.parallel import Parallel, SingleProcess
 from speculators.train.resume import (
     choose_start,
     data_digest,
@@ -100,7 +104,7 @@ def trainer_options(
 @dataclass
 class TrainRun:
     """Everything a run needs, checked and built, before anything is written: the trainer and
-    the batch sources. A distributed wrapper builds this per process and shards the batches."""
+    this process's share of the batches."""
 
     config: TrainConfig
     index: DataIndex
@@ -162,21 +166,13 @@ def steps_per_epoch(config: TrainConfig, index: DataIndex, rows_per_step: int) -
     ]
 
 
-def prepare(
-    config: TrainConfig,
-    parallel: Parallel | None = None,
-    device: torch.device | None = None,
-    wrap: Callable[[Eagle3Draft], Eagle3Draft] | None = None,
-) -> TrainRun:
-    """Check every input (UserInputError naming the flag or file) and build the trainer.
-    A distributed run passes its `parallel`, this rank's `device`, and `wrap` (FSDP)."""
-    parallel = parallel or SingleProcess()
+def prepare(config: TrainConfig, parallel: Parallel | None = None) -> TrainRun:
+    """Check every input (UserInputError naming the flag or file) and build the trainer for this
+    process of `parallel` (default: a process alone, on --device). Several processes shard the
+    draft with FSDP2; one keeps it a plain module (fused AdamW on GPUs)."""
+    parallel = parallel or Parallel(device=resolve_device(config.device))
     rows_per_step = config.rows_per_step or parallel.world_size
-    if rows_per_step % parallel.world_size:
-        raise UserInputError(
-            f"--rows-per-step {rows_per_step} must be a multiple of the number of processes "
-            f"({parallel.world_size})."
-        )
+    assert rows_per_step % parallel.world_size == 0  # TrainConfig's rule (launch.worker_config)
     check_outputs(config)
     verifier = load_verifier_config(config.verifier_name_or_path, VERIFIER_FLAG)
     fingerprint = verifier_fingerprint(config.verifier_name_or_path, VERIFIER_FLAG)
@@ -188,7 +184,7 @@ def prepare(
     notes = check_complete(config, index, data_configs)
     notes += check_verifier(config, fingerprint, data_configs)
     d2t, t2d = load_vocab_mapping(config.d2t_path, config.t2d_path, verifier.vocab_size)
-    device = device or resolve_device(config.device)
+    device = parallel.device
     model, targets = build_model(config, verifier, d2t, t2d, index.num_aux_layers)
     rows_per_epoch = steps_per_epoch(config, index, rows_per_step)
     config_json = speculators_config(
@@ -204,10 +200,11 @@ def prepare(
     )
     head_dim = int(model.config.head_dim or 0)
     model = place_model(model, device)
+    sharded = parallel.world_size > 1
     trainer = Trainer(
-        wrap(model) if wrap else model,
+        parallelize(model, device) if sharded else model,
         targets_to(targets, device),
-        trainer_options(config, device, sum(rows_per_epoch), head_dim, wrap is None),
+        trainer_options(config, device, sum(rows_per_epoch), head_dim, not sharded),
         device,
         config.save_path,
         config_json,
@@ -224,18 +221,39 @@ def prepare(
     )
 
 
-def run_train(
-    config: TrainConfig,
-    progress: Any = None,
-    parallel: Parallel | None = None,
-    device: torch.device | None = None,
-    wrap: Callable[[Eagle3Draft], Eagle3Draft] | None = None,
-) -> TrainResult:
-    """Train per `config`, resuming unless told not to. `progress`, if given, gets
-    `start(first_epoch, epochs, steps_per_epoch)`, `step(global_step, metrics)` and
-    `epoch(epoch, summary)` calls (the CLI's rich view). A distributed run passes `parallel`,
-    `device` and `wrap` (see `prepare`); only its main rank logs and reports progress."""
-    return train_prepared(prepare(config, parallel, device, wrap), progress)
+def run_train(config: TrainConfig, progress: Any = None) -> TrainResult | None:
+    """Train per `config`, resuming unless told not to, as one process of the run: a torchrun
+    worker, or, called from Python outside torchrun, a process alone (a process group of one).
+    `progress`, if given, gets `start(first_epoch, epochs, steps_per_epoch)`,
+    `step(global_step, metrics)` and `epoch(epoch, summary)` calls (the CLI's rich view) on the
+    first process, which alone logs and returns the result (the others return None).
+
+    A UserInputError while checking inputs is the same on every process, so only the first of
+    each node reports it; one raised later (a bad sample file in this rank's rows) is reported
+    by the rank that hit it."""
+    parallel = init(config.device)
+    try:
+        try:
+            run = prepare(worker_config(config) if under_torchrun() else config, parallel)
+        except UserInputError:
+            if parallel.local_rank != 0:
+                raise SystemExit(2) from None
+            raise
+        try:
+            result = train_prepared(run, progress)
+        except UserInputError as e:
+            if parallel.world_size == 1:
+                raise
+            raise UserInputError(f"rank {parallel.rank}: {e}") from None
+        except Exception as e:
+            if parallel.world_size > 1 and peer_failed(e):
+                # Collateral damage: the failing rank has printed the cause; no traceback here.
+                print(f"rank {parallel.rank}: stopped, another rank failed.", file=sys.stderr)
+                raise SystemExit(1) from None
+            raise
+        return result if parallel.is_main else None
+    finally:
+        teardown()
 
 
 def train_prepared(run: TrainRun, progress: Any = None) -> TrainResult:
@@ -261,6 +279,8 @@ def train_prepared(run: TrainRun, progress: Any = None) -> TrainResult:
 
     def on_epoch(epoch: int, summary: dict[str, float]) -> None:
         loggers.log({f"epoch/{k}": v for k, v in summary.items()}, trainer.global_step)
+        if trainer.is_main:  # beside the checkpoint just saved: the settings it was trained with
+            record_train_config(config.save_path, config.model_dump(mode="json"))
         if progress:
             progress.epoch(epoch, summary)
 

@@ -1,8 +1,8 @@
 """The training loop: optimizer and schedule, one step, validation, checkpoints, resume.
 
-Nothing here knows about process groups: a distributed wrapper (train/distributed.py) wraps the
-model and passes a `parallel` object that sums metrics across ranks and gathers/scatters full
-state dicts; `SingleProcess` is the plain one-process version.
+Nothing here knows about process groups: train/run.py passes the model (FSDP-wrapped with
+several processes) and a `Parallel` (train/distributed.py) that sums metrics across ranks and
+gathers/scatters full state dicts; the default is a process alone.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from speculators.artifacts.checkpoint_runs import LEGACY_RUN, retire_other_runs
 from speculators.errors import UserInputError, compile_errors, compile_failure
 from speculators.models.eagle3 import Eagle3Draft
 from speculators.train.attention import AttentionImpl
-from speculators.train.compiled import compile_layers
+from speculators.train.compiled import compile_draft
+from speculators.train.distributed import Parallel, reduce_metrics
 from speculators.train.divergence import check_finite, diverged
 from speculators.train.loss import ArgmaxOver, TTTMetrics
-from speculators.train.parallel import Parallel, SingleProcess, reduce_metrics
 from speculators.train.prefetch import prefetch_to_device
 from speculators.train.step import VerifierTargets, ttt_forward
 
@@ -58,7 +58,7 @@ class TrainerOptions:
     lr_decay: str
     attention: AttentionImpl
     seed: int
-    fused_adamw: bool = True  # on CUDA; the distributed wrapper uses foreach with DTensors
+    fused_adamw: bool = True  # on CUDA; FSDP's DTensors (several processes) take foreach
     compile: bool = False  # torch.compile the draft's layers and loss (GPU runs)
     metrics_every: int = 1  # accuracy metrics on every N-th step (the others: loss only)
     accuracy_over: ArgmaxOver = "full"  # the verifier's vocab accuracy is scored in (SPEC §3)
@@ -74,7 +74,7 @@ class Trainer:
     device: torch.device
     save_path: Path
     config_json: dict[str, Any]
-    parallel: Parallel = field(default_factory=SingleProcess)
+    parallel: Parallel = field(default_factory=Parallel)
     on_step: Callable[[int, dict[str, float]], None] | None = None
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
     epoch: int = 0  # the next epoch to run
@@ -94,7 +94,7 @@ class Trainer:
             self.optimizer, lr_lambda(o.total_steps, o.warmup_steps, o.lr_decay)
         )
         if o.compile:
-            compile_layers(self.model)
+            compile_draft(self.model)
 
     @property
     def is_main(self) -> bool:

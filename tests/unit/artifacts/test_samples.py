@@ -5,13 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from speculators.artifacts.samples import (
-    first_missing_index,
-    list_sample_files,
-    load_sample,
-    sample_path,
-    save_sample,
-)
+from speculators.artifacts.sample_files import first_missing_index, list_sample_files, sample_path
+from speculators.artifacts.samples import load_sample, save_sample
 from speculators.errors import UserInputError
 
 

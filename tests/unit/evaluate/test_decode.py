@@ -137,10 +137,11 @@ def test_stops_at_a_stop_token_and_keeps_it(verifier_model):
 
 def test_lossless_with_a_real_draft_against_generate(verifier_model, tiny_draft: Path):
     """The EAGLE-3 draft (random layers) + the verifier's greedy generate(): token for token."""
-    from speculators.artifacts.checkpoint import load_draft
+    from speculators.artifacts.checkpoint import load_draft_config
     from speculators.artifacts.layer_ids import from_vllm_aux_layer_ids
+    from speculators.models.eagle3 import Eagle3Draft
 
-    draft, config = load_draft(tiny_draft)
+    draft, config = Eagle3Draft.from_checkpoint(tiny_draft), load_draft_config(tiny_draft)
     aux = from_vllm_aux_layer_ids(config["eagle_aux_hidden_state_layer_ids"])
     eos = verifier_model.config.eos_token_id
     for prompt in PROMPTS:

@@ -10,7 +10,7 @@ from transformers import LlamaConfig
 
 from speculators.artifacts.checkpoint import (
     find_latest_complete_checkpoint,
-    load_draft,
+    load_draft_config,
     save_checkpoint,
     speculators_config,
 )
@@ -125,7 +125,7 @@ def test_a_four_aux_layer_draft_says_so_for_vllm(tmp_path):
     assert config["transformer_layer_config"]["num_aux_hidden_states"] == 4
     assert config["eagle_aux_hidden_state_layer_ids"] == [3, 10, 17, 28]
     assert model.fc.weight.shape == (H, 4 * H)
-    loaded, _ = load_draft(path)
+    loaded = Eagle3Draft.from_checkpoint(path)
     assert loaded.fc.weight.shape == (H, 4 * H)
 
 
@@ -137,7 +137,7 @@ def test_a_full_vocab_draft_is_saved_without_d2t_and_t2d(tmp_path):
     with safe_open(str(path / "model.safetensors"), framework="pt") as f:
         assert "d2t" not in f.keys() and "t2d" not in f.keys()  # noqa: SIM118
         assert tuple(f.get_slice("lm_head.weight").get_shape()) == (V, H)
-    loaded, _ = load_draft(path)
+    loaded = Eagle3Draft.from_checkpoint(path)
     assert torch.equal(loaded.d2t, torch.zeros(V, dtype=torch.long))
     assert bool(loaded.t2d.all()) and loaded.t2d.shape == (V,)
     _, subset = save_tiny(tmp_path / "subset")
@@ -147,7 +147,7 @@ def test_a_full_vocab_draft_is_saved_without_d2t_and_t2d(tmp_path):
 
 def test_load_draft_round_trips_weights_and_config(tmp_path):
     model, path = save_tiny(tmp_path, num_layers=2)
-    loaded, config = load_draft(path)
+    loaded, config = Eagle3Draft.from_checkpoint(path), load_draft_config(path)
     assert config == json.loads((path / "config.json").read_text())
     assert len(loaded.layers) == 2
     for name, tensor in model.state_dict().items():

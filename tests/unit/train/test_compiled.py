@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaConfig
 
 from speculators.models.eagle3 import Eagle3Draft, draft_layer_config
-from speculators.train.compiled import compile_layers
+from speculators.train.compiled import compile_draft
 from speculators.train.step import VerifierTargets, ttt_forward
 
 VERIFIER = LlamaConfig(
@@ -65,7 +65,7 @@ def test_compiled_pieces_trace_whole_and_match_eager(num_layers):
             fn = getattr(layer, name)
             setattr(layer, name, torch.compile(fn, backend="aot_eager", fullgraph=True))
     got = loss_and_grads(model, targets, batch, compiled=False)
-    compile_layers(model, backend="aot_eager")  # the production entry point, on top
+    compile_draft(model, backend="aot_eager")  # the production entry point, on top
     again = loss_and_grads(model, targets, batch, compiled=False)
     assert list(model.state_dict()) == names
     for result in (got, again):
@@ -90,7 +90,7 @@ def test_inductor_compiled_step_is_as_close_to_fp32_as_eager_bf16():
     reference = loss_and_grads(model, targets, batch, compiled=False, impl="dense")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         eager = loss_and_grads(model, targets, batch, compiled=False, impl="flex")
-        compile_layers(model)
+        compile_draft(model)
         compiled = loss_and_grads(model, targets, batch, compiled=True, impl="flex")
     for name in ["loss", *reference[2]]:
         pick = (lambda r: r[0]) if name == "loss" else (lambda r, n=name: r[2][n])
@@ -132,7 +132,7 @@ def test_a_failing_compile_stops_training_with_a_message_naming_no_compile(monke
     monkeypatch.setattr(
         head_loss, "_compiled_chunk_stats", lambda: eager_compile(head_loss._chunk_stats)
     )
-    monkeypatch.setattr(trainer_module, "compile_layers", lambda m: compile_layers(m, broken))
+    monkeypatch.setattr(trainer_module, "compile_draft", lambda m: compile_draft(m, broken))
     model, targets, batch = build("cpu", 1)
     options = TrainerOptions(
         epochs=1, lr=1e-3, weight_decay=0.0, max_grad_norm=1.0, ttt_steps=3,

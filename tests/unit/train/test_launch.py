@@ -1,8 +1,10 @@
-"""The torchrun re-exec: which command `speculators train` execs, when, and what it writes."""
+"""The torchrun launch: which command `speculators train` runs its workers with, when, and the
+config it hands them."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -35,13 +37,39 @@ def test_multi_node_command_uses_torchruns_c10d_rendezvous():
     assert cmd[-5:] == ["-m", "speculators", "train", "--config", "/shared/ck/train_config.json"]
 
 
-def test_when_to_launch():
-    under = {"TORCHELASTIC_RUN_ID": "x"}
-    assert not launch.should_launch(4, 4, 1, under)  # already a worker: never again
-    assert not launch.should_launch(None, 1, 1, {})  # one GPU or CPU: train right here
-    assert launch.should_launch(1, 1, 1, {})  # explicit --nproc-per-node 1: through torchrun
-    assert launch.should_launch(None, 2, 1, {})  # two GPUs visible
-    assert launch.should_launch(None, 1, 2, {})  # several nodes
+def test_when_to_launch(monkeypatch):
+    """Always through torchrun, 1 process or N; never again from inside a worker."""
+    started: list[list[str]] = []
+    monkeypatch.setattr(launch, "run_torchrun", lambda cmd: started.append(cmd) or 0)
+    monkeypatch.setattr(launch, "nvidia_smi_gpus", lambda: 0)
+    config = TrainConfig(verifier_name_or_path="m", device="cpu")
+    assert launch.launch(config, {"TORCHELASTIC_RUN_ID": "x"}) is None  # already a worker
+    assert not started
+    assert launch.launch(config, {}) == 0  # one CPU process: through torchrun too
+    assert launch.launch(config.model_copy(update={"device": "auto"}), {}) == 0  # no GPU
+    assert [c[c.index("--nproc-per-node") + 1] for c in started] == ["1", "1"]
+    launch.launch(config.model_copy(update={"device": "auto"}), {"CUDA_VISIBLE_DEVICES": "0,1"})
+    assert started[-1][started[-1].index("--nproc-per-node") + 1] == "2"  # two GPUs visible
+
+
+def test_gpus_are_counted_without_torch(monkeypatch):
+    """CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`, else none."""
+    listing = "GPU 0: NVIDIA H200 (UUID: GPU-a)\n  MIG 1g.18gb Device 0: (UUID: MIG-b)\nGPU 1: x\n"
+    runs: list[list[str]] = []
+
+    def fake_run(cmd, **kwargs):
+        runs.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout=listing)
+
+    monkeypatch.setattr(launch.subprocess, "run", fake_run)
+    assert launch.gpu_count({}) == 2 and runs == [["nvidia-smi", "-L"]]
+    assert launch.gpu_count({"CUDA_VISIBLE_DEVICES": "3"}) == 1 and len(runs) == 1
+
+    def missing(cmd, **kwargs):
+        raise FileNotFoundError(cmd[0])
+
+    monkeypatch.setattr(launch.subprocess, "run", missing)
+    assert launch.gpu_count({}) == 0
 
 
 def test_process_count_follows_visible_gpus():
@@ -56,13 +84,15 @@ def test_process_count_follows_visible_gpus():
 
 @pytest.fixture
 def exec_calls(monkeypatch):
-    calls: list[list[str]] = []
+    """(command, config it names) of each torchrun run the CLI starts; the config file is
+    temporary, gone once the workers finish."""
+    calls: list[tuple[list[str], dict]] = []
 
-    def fake_exec(cmd):
-        calls.append(cmd)
-        raise SystemExit(0)
+    def fake_run(cmd):
+        calls.append((cmd, json.loads(Path(cmd[-1]).read_text())))
+        return 0
 
-    monkeypatch.setattr(launch, "exec_torchrun", fake_exec)
+    monkeypatch.setattr(launch, "run_torchrun", fake_run)
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     return calls
 
@@ -78,12 +108,13 @@ def test_cli_writes_the_resolved_config_and_execs_torchrun(exec_calls, tmp_path)
         "--nproc-per-node", "2", "--device", "cpu",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    (cmd,) = exec_calls
+    ((cmd, values),) = exec_calls
     assert cmd[cmd.index("--nproc-per-node") + 1] == "2" and "--standalone" in cmd
-    assert cmd[-2:] == ["--config", str(save / "train_config.json")]
-    written = TrainConfig(**json.loads((save / "train_config.json").read_text()))
+    assert cmd[-2] == "--config" and not Path(cmd[-1]).exists()  # removed once the run ends
+    written = TrainConfig(**values)
     assert (written.epochs, written.nproc_per_node, written.device) == (3, 2, "cpu")
     assert written.verifier_name_or_path == "some/model"
+    assert not save.exists()  # nothing in --save-path before the workers accept the inputs
 
 
 def test_config_file_with_overriding_flags(exec_calls, tmp_path):
@@ -93,7 +124,7 @@ def test_config_file_with_overriding_flags(exec_calls, tmp_path):
     path.write_text(json.dumps(values | {"nproc_per_node": 2, "device": "cpu"}))
     res = invoke("--config", str(path), "--epochs", "2")
     assert res.exit_code == 0, res.output
-    written = json.loads((save / "train_config.json").read_text())
+    ((_, written),) = exec_calls
     assert (written["epochs"], written["lr"]) == (2, 0.5)
 
 
@@ -128,12 +159,12 @@ def test_bad_config_file_is_named(exec_calls, tmp_path):
 
 def test_under_torchrun_the_command_trains_as_a_worker(monkeypatch, tmp_path):
     """`torchrun -m speculators train <flags>`: no second launch, the worker path runs."""
-    from speculators.train import distributed
+    from speculators.train import run
 
     seen: list[TrainConfig] = []
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
-    monkeypatch.setattr(launch, "exec_torchrun", lambda cmd: pytest.fail("launched twice"))
-    monkeypatch.setattr(distributed, "run_worker", lambda config, progress: seen.append(config))
+    monkeypatch.setattr(launch, "run_torchrun", lambda cmd: pytest.fail("launched twice"))
+    monkeypatch.setattr(run, "run_train", lambda config, progress: seen.append(config))
     res = invoke("--verifier-name-or-path", "m", "--save-path", str(tmp_path), "--epochs", "4")
     assert res.exit_code == 0, res.output
     assert [c.epochs for c in seen] == [4]

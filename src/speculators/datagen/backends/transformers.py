@@ -20,6 +20,7 @@ from speculators.config import DatagenConfig
 from speculators.datagen.backends.staging import StagedCapture, StagingPool, stage
 from speculators.devices import resolve_device
 from speculators.errors import UserInputError, compile_errors, compile_failure, describe
+from speculators.models.capture import LayerCapture
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
@@ -34,20 +35,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def compile_backend(config: DatagenConfig, device: torch.device) -> str | None:
     """inductor on GPUs unless --no-compile; eager on CPUs (compiling pays off only on GPUs)."""
     return "inductor" if device.type == "cuda" and not config.no_compile else None
-
-
-def decoder_layers(model: torch.nn.Module, num_layers: int) -> torch.nn.ModuleList:
-    """The decoder layer list of a base model (`.layers` for Llama-like models)."""
-    layers = getattr(model, "layers", None)
-    if isinstance(layers, torch.nn.ModuleList) and len(layers) == num_layers:
-        return layers
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == num_layers:
-            return module
-    raise UserInputError(
-        f"cannot find the {num_layers} decoder layers of {type(model).__name__}; the transformers "
-        "backend supports decoder-only models whose layers form one ModuleList."
-    )
 
 
 def compile_layers(layers: torch.nn.ModuleList, backend: Any = "inductor") -> None:
@@ -111,11 +98,9 @@ class TransformersBackend:
         config: Any = model.config
         self.hidden_size = int(config.hidden_size)
         self.num_layers = int(config.num_hidden_layers)
-        self._captured: dict[int, torch.Tensor] = {}
-        self._layers = decoder_layers(model, self.num_layers)
-        self._hooks = [self._layers[i].register_forward_hook(self._hook(i)) for i in self.layer_ids]
+        self._capture = LayerCapture(model, self.layer_ids, torch.bfloat16)
         if compile_backend is not None:
-            compile_layers(self._layers, compile_backend)
+            compile_layers(self._capture.layers, compile_backend)
         self._pool = StagingPool(device)
         self._copy_stream: torch.cuda.Stream | None = None
         # Padded batches get our own 4-D mask (padded_causal_mask) where it is the right one:
@@ -127,7 +112,7 @@ class TransformersBackend:
     @property
     def compiled(self) -> bool:
         """Whether the decoder layers run compiled now (compile_layers, not undone)."""
-        return any("forward" in layer.__dict__ for layer in self._layers)
+        return any("forward" in layer.__dict__ for layer in self._capture.layers)
 
     @classmethod
     def from_config(cls, config: DatagenConfig, layer_ids: Sequence[int]) -> TransformersBackend:
@@ -151,13 +136,6 @@ class TransformersBackend:
             hf_logging.set_verbosity(verbosity)
         model = getattr(model, "language_model", model)  # multimodal wrappers: the text part
         return cls(model.to(device).eval(), layer_ids, device, compile_backend(config, device))
-
-    def _hook(self, layer_id: int) -> Any:
-        def keep(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-            hidden = output[0] if isinstance(output, tuple) else output
-            self._captured[layer_id] = hidden.to(torch.bfloat16)
-
-        return keep
 
     def _inputs(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Right-padded input ids and, when there is padding, the attention mask, on the device.
@@ -186,7 +164,8 @@ class TransformersBackend:
         """Queue the forward pass and the copy of the kept layers to the host; return without
         waiting for either (on CUDA). Only real tokens are copied, sample by sample."""
         input_ids, mask = self._inputs(batch)
-        self._captured.clear()
+        captured = self._capture.outputs
+        captured.clear()
         try:
             self.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
         except compile_errors() as e:
@@ -200,9 +179,9 @@ class TransformersBackend:
         lengths = [len(ids) for ids in batch]
         # [sum_i layers * L_i, H], sample-major: one kernel, no padding rows.
         packed = torch.cat(
-            [self._captured[k][row, :n] for row, n in enumerate(lengths) for k in self.layer_ids]
+            [captured[k][row, :n] for row, n in enumerate(lengths) for k in self.layer_ids]
         )
-        self._captured.clear()
+        captured.clear()
         if self._copy_stream is None and self.device.type == "cuda":
             self._copy_stream = torch.cuda.Stream(self.device)
         return stage(self._pool, packed, lengths, len(self.layer_ids), self._copy_stream)
@@ -215,6 +194,4 @@ class TransformersBackend:
             pending.release()
 
     def close(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
+        self._capture.close()
