@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import typer
@@ -15,6 +18,7 @@ from rich.markup import escape
 
 from speculators.config.base import error_text, flag, shell_command
 from speculators.errors import UserInputError
+from speculators.launcher import COMMAND_ENV
 
 console = Console()
 err_console = Console(stderr=True)
@@ -105,5 +109,43 @@ def expand_multi_value_flags(argv: list[str]) -> list[str]:
 
 
 def command_line() -> str:
-    """The command as the user typed it, for reproducibility records."""
-    return shell_command(["speculators", *sys.argv[1:]])
+    """The command as the user typed it, for reproducibility records (in a torchrun worker, the
+    one its launcher was given: the worker itself runs `... --config FILE`)."""
+    return os.environ.get(COMMAND_ENV) or shell_command(["speculators", *sys.argv[1:]])
+
+
+def config_option(written: str) -> Any:
+    """`--config FILE`: a command's settings as JSON, as the launcher or the pipeline hands them
+    to it (`written`: where the command records them)."""
+    return typer.Option(
+        None,
+        "--config",
+        help=f"JSON file of these settings ({written}); flags given as well override it.",
+    )
+
+
+def with_config_file(
+    ctx: typer.Context, values: dict[str, Any], path: Path | None
+) -> dict[str, Any]:
+    """`values` (every flag) with a --config file's settings under the flags given on the
+    command line."""
+    if path is None:
+        return values
+    given = {k: v for k, v in values.items() if _from_command_line(ctx, k)}
+    return _read_config_file(path) | given
+
+
+def _from_command_line(ctx: typer.Context, name: str) -> bool:
+    # By name: typer ships its own copy of click, whose enum is not click's.
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        fail(f"--config {path}: cannot read it as JSON ({e.__class__.__name__}: {e}).")
+    if not isinstance(values, dict):
+        fail(f'--config {path}: expected a JSON object of settings, e.g. {{"epochs": 3}}.')
+    return values

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import typer
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,7 +24,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from speculators.cli.common import build, command_line, console, option, user_errors
+from speculators.cli.common import (
+    build,
+    command_line,
+    config_option,
+    console,
+    option,
+    user_errors,
+    with_config_file,
+)
 from speculators.config import DatagenConfig
 
 if TYPE_CHECKING:
@@ -46,8 +55,9 @@ def _progress() -> Progress:
 
 
 def datagen(
-    target_model_path: str = option(DatagenConfig, "target_model_path"),
-    train_data_path: str = option(DatagenConfig, "train_data_path"),
+    ctx: typer.Context,
+    target_model_path: str = option(DatagenConfig, "target_model_path", default=None),
+    train_data_path: str = option(DatagenConfig, "train_data_path", default=None),
     output_dir: Path = option(DatagenConfig, "output_dir"),
     max_samples: int = option(DatagenConfig, "max_samples"),
     seq_length: int = option(DatagenConfig, "seq_length"),
@@ -63,30 +73,27 @@ def datagen(
     no_compile: bool = option(DatagenConfig, "no_compile"),
     hidden_states_dtype: str = option(DatagenConfig, "hidden_states_dtype"),
     gpu_memory_utilization: float = option(DatagenConfig, "gpu_memory_utilization"),
+    nproc_per_node: int = option(DatagenConfig, "nproc_per_node"),
+    nnodes: int = option(DatagenConfig, "nnodes"),
+    node_rank: int = option(DatagenConfig, "node_rank"),
+    rdzv_endpoint: str = option(DatagenConfig, "rdzv_endpoint"),
     overwrite: bool = option(DatagenConfig, "overwrite"),
+    config_file: Path = config_option("what `--nproc-per-node` hands its processes"),
 ) -> None:
     """Run the verifier over chat data; store hidden states, loss masks and token counts."""
-    config = build(
-        DatagenConfig,
-        target_model_path=target_model_path,
-        train_data_path=train_data_path,
-        output_dir=output_dir,
-        max_samples=max_samples,
-        seq_length=seq_length,
-        cache_dir=cache_dir,
-        layer_ids=layer_ids or None,
-        tensor_parallel_size=tensor_parallel_size,
-        batch_size=batch_size,
-        seed=seed,
-        token_freq_path=token_freq_path,
-        backend=backend,
-        device=device,
-        dtype=dtype,
-        no_compile=no_compile,
-        hidden_states_dtype=hidden_states_dtype,
-        gpu_memory_utilization=gpu_memory_utilization,
-        overwrite=overwrite,
-    )
+    values = {k: v for k, v in locals().items() if k not in ("ctx", "config_file")}
+    values = with_config_file(ctx, values, config_file)
+    values["layer_ids"] = values.get("layer_ids") or None
+    for required in ("target_model_path", "train_data_path"):  # optional only for --config
+        if values.get(required) is None:
+            values.pop(required, None)
+    config = build(DatagenConfig, **values)
+    from speculators.datagen.launch import launch
+
+    with user_errors():
+        code = launch(config, command_line())
+    if code is not None:  # the workers ran; each printed its own errors
+        raise typer.Exit(code)
     from speculators.datagen.run import run_datagen
 
     progress = _progress()
@@ -107,7 +114,8 @@ def datagen(
             result = run_datagen(config, on_progress=on_progress, command=command_line())
     finally:
         progress.stop()
-    _summary(result)
+    if result is not None:  # None: a process other than the first (that one reports)
+        _summary(result)
 
 
 def _summary(result: DatagenResult) -> None:

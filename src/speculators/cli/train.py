@@ -15,7 +15,6 @@ each worker runs this command again and trains.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from speculators.cli.common import build, console, fail, option, user_errors
+from speculators.cli.common import (
+    build,
+    config_option,
+    console,
+    option,
+    user_errors,
+    with_config_file,
+)
 from speculators.config import TrainConfig
 
 
@@ -136,18 +142,11 @@ def train(
     rdzv_endpoint: str = option(TrainConfig, "rdzv_endpoint"),
     allow_verifier_mismatch: bool = option(TrainConfig, "allow_verifier_mismatch"),
     allow_missing_samples: bool = option(TrainConfig, "allow_missing_samples"),
-    config_file: Path = typer.Option(
-        None,
-        "--config",
-        help="JSON file of these settings (as written to SAVE_PATH/train_config.json); flags "
-        "given as well override it.",
-    ),
+    config_file: Path = config_option("as written to SAVE_PATH/train_config.json"),
 ) -> None:
     """Train an EAGLE-3 draft; checkpoints go to SAVE_PATH/{epoch}/ and load in vLLM as is."""
     values = {k: v for k, v in locals().items() if k not in ("ctx", "config_file")}
-    if config_file is not None:
-        given = {k: v for k, v in values.items() if _from_command_line(ctx, k)}
-        values = _read_config_file(config_file) | given
+    values = with_config_file(ctx, values, config_file)
     if values.get("verifier_name_or_path") is None:  # optional only so that --config can give it
         values.pop("verifier_name_or_path", None)
     config = build(TrainConfig, **values)
@@ -185,19 +184,3 @@ def train(
         table.add_row("epochs run", "none: every epoch was already trained")
     table.add_row("checkpoint", str(result.checkpoint))
     console.print(table)
-
-
-def _from_command_line(ctx: typer.Context, name: str) -> bool:
-    # By name: typer ships its own copy of click, whose enum is not click's.
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name == "COMMANDLINE"
-
-
-def _read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        fail(f"--config {path}: cannot read it as JSON ({e.__class__.__name__}: {e}).")
-    if not isinstance(values, dict):
-        fail(f'--config {path}: expected a JSON object of settings, e.g. {{"epochs": 3}}.')
-    return values

@@ -7,10 +7,16 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from speculators.config.base import StrictModel
+from speculators.config.processes import NodesConfig
+
+VLLM_PROCESSES = (
+    "--nproc-per-node/--nnodes: the vllm backend runs one engine per datagen command, which "
+    "uses several GPUs through --tensor-parallel-size. For data parallelism over GPUs use "
+    "--backend transformers --nproc-per-node N (one verifier copy per GPU)."
+)
 
 
-class DatagenConfig(StrictModel):
+class DatagenConfig(NodesConfig):
     """Run the verifier over chat data and store its hidden states, loss masks and token counts."""
 
     target_model_path: str = Field(
@@ -75,6 +81,14 @@ class DatagenConfig(StrictModel):
     gpu_memory_utilization: float = Field(
         0.8, gt=0, le=1, description="Share of GPU memory vllm may use (vllm backend only)."
     )
+    nproc_per_node: int | None = Field(
+        None,
+        ge=1,
+        description="Processes on this node, each computing its share of the samples into the "
+        "same --output-dir (default: one per visible GPU with the transformers backend, else 1). "
+        "More than one runs under torchrun; --nnodes/--node-rank/--rdzv-endpoint as for train.",
+    )
+    # --nnodes, --node-rank, --rdzv-endpoint: NodesConfig
     overwrite: bool = Field(
         False,
         description="Replace samples in --output-dir (and the --token-freq-path file) that were "
@@ -88,6 +102,8 @@ class DatagenConfig(StrictModel):
                 f"--max-samples must be a positive number of conversations (got "
                 f"{self.max_samples}); omit it to use the whole data set."
             )
+        if self.backend == "vllm" and ((self.nproc_per_node or 1) > 1 or self.nnodes > 1):
+            raise ValueError(VLLM_PROCESSES)
         return self
 
     @field_validator("layer_ids")

@@ -7,12 +7,12 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, model_validator
 
-from speculators.config.base import StrictModel
+from speculators.config.processes import NodesConfig
 
 LOGGERS = ("tensorboard", "wandb", "trackio", "jsonl")
 
 
-class TrainConfig(StrictModel):
+class TrainConfig(NodesConfig):
     """Train an EAGLE-3 draft on datagen's hidden states."""
 
     verifier_name_or_path: str = Field(
@@ -106,11 +106,7 @@ class TrainConfig(StrictModel):
         ge=1,
         description="Training processes on this node (default: every visible GPU; 1 on CPU).",
     )
-    nnodes: int = Field(1, ge=1, description="Number of nodes (run the same command on each).")
-    node_rank: int = Field(0, ge=0, description="This node's rank, 0..NNODES-1.")
-    rdzv_endpoint: str | None = Field(
-        None, description="HOST:PORT of torchrun's rendezvous on the first node (multi-node)."
-    )
+    # --nnodes, --node-rank, --rdzv-endpoint: NodesConfig
     # Overrides of checks (docs/checks.md).
     allow_verifier_mismatch: bool = Field(
         False,
@@ -138,16 +134,6 @@ class TrainConfig(StrictModel):
             raise ValueError(
                 f"--logger {self.logger!r}: unknown logger {unknown[0]!r}. Use a comma-separated "
                 f"list of {', '.join(LOGGERS)}, or '' for the console only."
-            )
-        if self.node_rank >= self.nnodes:
-            raise ValueError(
-                f"--node-rank {self.node_rank} must be below --nnodes {self.nnodes} "
-                "(nodes are numbered from 0)."
-            )
-        if self.nnodes > 1 and not self.rdzv_endpoint:
-            raise ValueError(
-                f"--nnodes {self.nnodes} needs --rdzv-endpoint HOST:PORT, an address of the "
-                "first node that every node can reach (e.g. --rdzv-endpoint node0:29400)."
             )
         gpus = (info.context or {}).get("visible_gpus")
         if gpus is not None and self.nproc_per_node and self.device != "cpu":

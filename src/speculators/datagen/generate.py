@@ -67,19 +67,26 @@ def generate_samples(
     on_progress: ProgressFn | None = None,
     pipelined: bool = True,
     writer: SampleWriter | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> GenerationStats:
     """Compute and write the samples `todo` of `data` as `output_dir/data_{idx}.pt`.
 
     The batches are those of a run over every sample, and a batch with any sample in `todo` runs
     whole (only its missing samples are written): a resumed run computes each sample in the
     same batch, with the same padding, as an uninterrupted one, so its files are bit-identical.
+    `shard` = (rank, world): this process computes batch k when k % world == rank (datagen.shards);
+    progress counts this process's samples.
     """
     writer = writer or SampleWriter()
     stats, start = GenerationStats(), time.perf_counter()
-    done = data.num_samples - len(todo)
     lengths = data.lengths()
-    missing = set(todo)
+    rank, world = shard
     batches = length_sorted_batches(lengths, list(range(data.num_samples)), batch_size)
+    batches = [b for k, b in enumerate(batches) if k % world == rank]
+    ours = {i for b in batches for i in b}
+    missing = set(todo) & ours
+    total = len(ours)
+    done = total - len(missing)
     in_flight: tuple[list[Path | None], list[tuple[list[int], list[int]]], PendingCapture] | None
     in_flight = None
     try:
@@ -96,7 +103,7 @@ def generate_samples(
             stats.num_tokens += sum(lengths[i] for i in batch)
             stats.num_padded_tokens += len(batch) * max(lengths[i] for i in batch)
             if on_progress is not None:
-                on_progress(done, data.num_samples, stats.num_tokens)
+                on_progress(done, total, stats.num_tokens)
         if in_flight is not None:
             writer.put_batch(*in_flight)
         drain = time.perf_counter()

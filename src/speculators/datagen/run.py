@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,8 @@ from speculators.artifacts.regenerated import load_regeneration_meta
 from speculators.artifacts.sample_files import sample_index, sample_path
 from speculators.artifacts.token_freq import TokenFreqMeta, save_token_freq
 from speculators.config import DatagenConfig
-from speculators.datagen.generate import ProgressFn, generate_samples
+from speculators.config.datagen import VLLM_PROCESSES
+from speculators.datagen.generate import ProgressFn, generate_samples, length_sorted_batches
 from speculators.datagen.outputs import check_output_dir, check_token_freq_path, write_data_config
 from speculators.datagen.preprocess import (
     TokenizedData,
@@ -34,9 +36,11 @@ from speculators.datagen.preprocess import (
     default_cache_dir,
     tokenize_dataset,
 )
+from speculators.datagen.shards import Shard, join
 from speculators.datagen.writer import SampleWriter
 from speculators.devices import resolve_device
 from speculators.errors import UserInputError, describe
+from speculators.peers import peer_failed
 from speculators.sources import load_raw_data
 
 
@@ -246,19 +250,58 @@ def _remove_stale_temps(config: DatagenConfig) -> None:
 
 def run_datagen(
     config: DatagenConfig, on_progress: ProgressFn | None = None, command: str | None = None
-) -> DatagenResult:
-    """Generate (or finish generating) the training data `config` describes."""
+) -> DatagenResult | None:
+    """Generate (or finish generating) the training data `config` describes. Under torchrun
+    with several processes (`--nproc-per-node`), each computes its share (datagen.shards) and
+    the first returns the result of the whole run; the others return None."""
+    shard = join()
+    try:
+        return _run(config, shard, on_progress if shard.first else None, command)
+    except Exception as e:
+        if shard.world > 1 and peer_failed(e):
+            # The process that failed has printed why; no traceback from this one.
+            print(f"rank {shard.rank}: stopped, another process failed.", file=sys.stderr)
+            raise SystemExit(1) from None
+        raise
+    finally:
+        shard.close()
+
+
+@dataclass
+class _ShardStats:
+    """What one process did; summed over the processes for the result."""
+
+    generated: int = 0
+    bytes_written: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+def _run(
+    config: DatagenConfig, shard: Shard, on_progress: ProgressFn | None, command: str | None
+) -> DatagenResult | None:
     from speculators.datagen.backends import load_backend
 
     start = time.perf_counter()
+    # The first process checks everything and tokenizes (into the datasets cache the others
+    # then read; an --overwrite clears the dir once) before the others start.
+    if not shard.first:
+        shard.wait_for_all()
     plan = _plan(config)  # nothing is written before this returns
+    if shard.first:
+        shard.wait_for_all()
+    if shard.world > 1 and plan.backend_name == "vllm":
+        raise UserInputError(VLLM_PROCESSES)
     data = plan.data
     todo = [i for i in range(data.num_samples) if not sample_path(config.output_dir, i).is_file()]
-    _remove_stale_temps(config)
-    bytes_written, tokens, gen_seconds = 0, 0, 0.0
-    if todo:  # a complete dir (same fingerprint, every sample present) needs no verifier
-        backend = load_backend(config, plan.layer_ids)
-        try:
+    ours = _shard_samples(data.lengths(), config.batch_size, shard)
+    mine = [i for i in todo if i in ours]
+    if shard.first:
+        _remove_stale_temps(config)
+    stats = _ShardStats()
+    backend = load_backend(config, plan.layer_ids) if mine or (todo and shard.first) else None
+    try:
+        if backend is not None and shard.first:
             if plan.verifier_fingerprint is None:  # the backend has downloaded it by now
                 plan.verifier_fingerprint = _verifier_fingerprint(config)
                 fp = plan.verifier_fingerprint
@@ -275,20 +318,26 @@ def run_datagen(
                 plan.verifier_fingerprint,
                 plan.regenerated_from,
             )
+        if shard.first:  # a complete dir (every sample present) needs no verifier
             save_token_freq(config.token_freq_path, plan.counts, plan.meta)
+        shard.wait_for_all()  # no sample is written before data_config.json
+        if backend is not None and mine:
             if on_progress is not None:
-                on_progress(data.num_samples - len(todo), data.num_samples, 0)
+                on_progress(len(ours) - len(mine), len(ours), 0)
             writer = SampleWriter(hidden_dtype=config.hidden_states_dtype)
-            stats = generate_samples(
-                backend, data, todo, config.output_dir, config.batch_size, on_progress,
-                writer=writer,
+            generated = generate_samples(
+                backend, data, mine, config.output_dir, config.batch_size, on_progress,
+                writer=writer, shard=(shard.rank, shard.world),
             )  # fmt: skip
-            bytes_written, tokens = stats.bytes_written, stats.num_tokens
-            gen_seconds = stats.seconds
-        finally:
+            stats = _ShardStats(
+                len(mine), generated.bytes_written, generated.num_tokens, generated.seconds
+            )
+    finally:
+        if backend is not None:
             backend.close()
-    else:
-        save_token_freq(config.token_freq_path, plan.counts, plan.meta)
+    every = shard.gather(stats)
+    if not shard.first:
+        return None
     return DatagenResult(
         output_dir=config.output_dir,
         data_config_path=config.output_dir / DATA_CONFIG_FILE,
@@ -296,15 +345,27 @@ def run_datagen(
         layer_ids=plan.layer_ids,
         backend=plan.backend_name,
         num_samples=data.num_samples,
-        num_generated=len(todo),
+        num_generated=sum(s.generated for s in every),
         num_tokens=sum(data.lengths()),
         num_supervised_tokens=plan.meta.num_tokens,
         num_skipped_no_assistant=data.num_no_assistant,
         num_skipped_template_error=data.num_template_errors,
         num_skipped_truncated=data.num_no_supervised,
-        num_generated_tokens=tokens,
-        bytes_written=bytes_written,
+        num_generated_tokens=sum(s.tokens for s in every),
+        bytes_written=sum(s.bytes_written for s in every),
         seconds=time.perf_counter() - start,
-        generation_seconds=gen_seconds,
-        notes=plan.notes,
+        generation_seconds=max(s.seconds for s in every),  # the processes run side by side
+        notes=plan.notes + _processes_note(shard),
     )
+
+
+def _shard_samples(lengths: list[int], batch_size: int, shard: Shard) -> set[int]:
+    """The samples in this process's batches (all of them with one process)."""
+    batches = length_sorted_batches(lengths, list(range(len(lengths))), batch_size)
+    return {i for k, b in enumerate(batches) if shard.owns(k) for i in b}
+
+
+def _processes_note(shard: Shard) -> list[str]:
+    if shard.world == 1:
+        return []
+    return [f"{shard.world} processes, each computing every {shard.world}th batch"]

@@ -157,13 +157,3 @@ def parallelize(model: Eagle3Draft, device: torch.device) -> Eagle3Draft:
     register_fsdp_forward_method(model, "fuse")
     register_fsdp_forward_method(model, "head")
     return model
-
-
-def peer_failed(e: Exception) -> bool:
-    """A collective failed because another worker exited (gloo: closed connection; NCCL:
-    a DistError from the watchdog)."""
-    text = str(e)
-    return isinstance(e, dist.DistError) or any(
-        m in text
-        for m in ("Connection closed by peer", "Connection reset by peer", "remote worker")
-    )

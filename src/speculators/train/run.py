@@ -30,6 +30,7 @@ from speculators.errors import UserInputError
 from speculators.models.eagle3 import layer_config_dict
 from speculators.models.fingerprint import verifier_fingerprint
 from speculators.models.verifier import load_verifier_config
+from speculators.peers import peer_failed
 from speculators.train.build import VERIFIER_FLAG, build_model, place_model, targets_to
 from speculators.train.checks import check_complete, check_layers, check_outputs, check_verifier
 from speculators.train.data import (
@@ -41,7 +42,7 @@ from speculators.train.data import (
     pack,
     rank_rows,
 )
-from speculators.train.distributed import Parallel, init, parallelize, peer_failed, teardown
+from speculators.train.distributed import Parallel, init, parallelize, teardown
 from speculators.train.launch import under_torchrun, worker_config
 from speculators.train.loggers import MetricLoggers
 from speculators.train.resume import (

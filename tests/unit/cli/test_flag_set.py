@@ -11,9 +11,10 @@ from speculators.cli import app
 COMMON = {"--help", "-h"}
 FLAGS = {
     "datagen": {
-        "--backend", "--batch-size", "--cache-dir", "--device", "--dtype",
+        "--backend", "--batch-size", "--cache-dir", "--config", "--device", "--dtype",
         "--gpu-memory-utilization", "--hidden-states-dtype", "--layer-ids", "--max-samples",
-        "--no-compile", "--output-dir",
+        "--nnodes", "--no-compile", "--node-rank", "--nproc-per-node", "--output-dir",
+        "--rdzv-endpoint",
         "--overwrite", "--seed", "--seq-length", "--target-model-path", "--tensor-parallel-size",
         "--token-freq-path", "--train-data-path",
     },

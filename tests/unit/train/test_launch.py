@@ -4,44 +4,22 @@ config it hands them."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from speculators import launcher
 from speculators.cli import app
 from speculators.config import TrainConfig
 from speculators.train import launch
-
-
-def test_single_node_command():
-    cmd = launch.torchrun_command(Path("/ck/train_config.json"), 4, python="/py")
-    assert cmd == [
-        "/py", "-m", "torch.distributed.run", "--nproc-per-node", "4", "--standalone",
-        "-m", "speculators", "train", "--config", "/ck/train_config.json",
-    ]  # fmt: skip
-
-
-def test_multi_node_command_uses_torchruns_c10d_rendezvous():
-    node = lambda r: launch.torchrun_command(  # noqa: E731
-        Path("/shared/ck/train_config.json"), 8, 2, r, "node0:29400", python="/py"
-    )
-    cmd = node(1)
-    assert "--standalone" not in cmd
-    opt = lambda name: cmd[cmd.index(name) + 1]  # noqa: E731
-    assert (opt("--nproc-per-node"), opt("--nnodes"), opt("--node-rank")) == ("8", "2", "1")
-    assert (opt("--rdzv-backend"), opt("--rdzv-endpoint")) == ("c10d", "node0:29400")
-    rdzv_id = lambda c: c[c.index("--rdzv-id") + 1]  # noqa: E731
-    assert rdzv_id(node(0)) == rdzv_id(node(1))  # both nodes join the same rendezvous
-    assert cmd[-5:] == ["-m", "speculators", "train", "--config", "/shared/ck/train_config.json"]
 
 
 def test_when_to_launch(monkeypatch):
     """Always through torchrun, 1 process or N; never again from inside a worker."""
     started: list[list[str]] = []
     monkeypatch.setattr(launch, "run_torchrun", lambda cmd: started.append(cmd) or 0)
-    monkeypatch.setattr(launch, "nvidia_smi_gpus", lambda: 0)
+    monkeypatch.setattr(launcher, "nvidia_smi_gpus", lambda: 0)
     config = TrainConfig(verifier_name_or_path="m", device="cpu")
     assert launch.launch(config, {"TORCHELASTIC_RUN_ID": "x"}) is None  # already a worker
     assert not started
@@ -50,26 +28,6 @@ def test_when_to_launch(monkeypatch):
     assert [c[c.index("--nproc-per-node") + 1] for c in started] == ["1", "1"]
     launch.launch(config.model_copy(update={"device": "auto"}), {"CUDA_VISIBLE_DEVICES": "0,1"})
     assert started[-1][started[-1].index("--nproc-per-node") + 1] == "2"  # two GPUs visible
-
-
-def test_gpus_are_counted_without_torch(monkeypatch):
-    """CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`, else none."""
-    listing = "GPU 0: NVIDIA H200 (UUID: GPU-a)\n  MIG 1g.18gb Device 0: (UUID: MIG-b)\nGPU 1: x\n"
-    runs: list[list[str]] = []
-
-    def fake_run(cmd, **kwargs):
-        runs.append(cmd)
-        return subprocess.CompletedProcess(cmd, 0, stdout=listing)
-
-    monkeypatch.setattr(launch.subprocess, "run", fake_run)
-    assert launch.gpu_count({}) == 2 and runs == [["nvidia-smi", "-L"]]
-    assert launch.gpu_count({"CUDA_VISIBLE_DEVICES": "3"}) == 1 and len(runs) == 1
-
-    def missing(cmd, **kwargs):
-        raise FileNotFoundError(cmd[0])
-
-    monkeypatch.setattr(launch.subprocess, "run", missing)
-    assert launch.gpu_count({}) == 0
 
 
 def test_process_count_follows_visible_gpus():

@@ -119,6 +119,8 @@ class TransformersBackend:
         from transformers import AutoModel
 
         device = resolve_device(config.device)
+        if device.type == "cuda":  # this process's GPU (datagen.shards picks it per process)
+            device = torch.device("cuda", torch.cuda.current_device())
         dtype = resolve_dtype(config.dtype, device)
         from transformers.utils import logging as hf_logging
 

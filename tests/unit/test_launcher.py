@@ -1,0 +1,56 @@
+"""The torchrun launcher every multi-process command uses (speculators.launcher): the torchrun
+line, and the GPUs counted without torch."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from speculators import launcher as launch
+
+
+def test_single_node_command():
+    cmd = launch.torchrun_command(Path("/ck/train_config.json"), 4, python="/py")
+    assert cmd == [
+        "/py", "-m", "torch.distributed.run", "--nproc-per-node", "4", "--standalone",
+        "-m", "speculators", "train", "--config", "/ck/train_config.json",
+    ]  # fmt: skip
+
+
+def test_multi_node_command_uses_torchruns_c10d_rendezvous():
+    node = lambda r: launch.torchrun_command(  # noqa: E731
+        Path("/shared/ck/train_config.json"), 8, 2, r, "node0:29400", python="/py"
+    )
+    cmd = node(1)
+    assert "--standalone" not in cmd
+    opt = lambda name: cmd[cmd.index(name) + 1]  # noqa: E731
+    assert (opt("--nproc-per-node"), opt("--nnodes"), opt("--node-rank")) == ("8", "2", "1")
+    assert (opt("--rdzv-backend"), opt("--rdzv-endpoint")) == ("c10d", "node0:29400")
+    rdzv_id = lambda c: c[c.index("--rdzv-id") + 1]  # noqa: E731
+    assert rdzv_id(node(0)) == rdzv_id(node(1))  # both nodes join the same rendezvous
+    assert cmd[-5:] == ["-m", "speculators", "train", "--config", "/shared/ck/train_config.json"]
+
+
+def test_gpus_are_counted_without_torch(monkeypatch):
+    """CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`, else none."""
+    listing = "GPU 0: NVIDIA H200 (UUID: GPU-a)\n  MIG 1g.18gb Device 0: (UUID: MIG-b)\nGPU 1: x\n"
+    runs: list[list[str]] = []
+
+    def fake_run(cmd, **kwargs):
+        runs.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout=listing)
+
+    monkeypatch.setattr(launch.subprocess, "run", fake_run)
+    assert launch.gpu_count({}) == 2 and runs == [["nvidia-smi", "-L"]]
+    assert launch.gpu_count({"CUDA_VISIBLE_DEVICES": "3"}) == 1 and len(runs) == 1
+
+    def missing(cmd, **kwargs):
+        raise FileNotFoundError(cmd[0])
+
+    monkeypatch.setattr(launch.subprocess, "run", missing)
+    assert launch.gpu_count({}) == 0
+
+
+def test_the_command_is_named():
+    cmd = launch.torchrun_command(Path("/c.json"), 2, python="/py", command="datagen")
+    assert cmd[-4:] == ["speculators", "datagen", "--config", "/c.json"]
