@@ -39,7 +39,7 @@ from speculators.datagen.preprocess import (
 from speculators.datagen.shards import Shard, join
 from speculators.datagen.writer import SampleWriter
 from speculators.devices import resolve_device
-from speculators.errors import UserInputError, describe
+from speculators.errors import UserInputError
 from speculators.peers import peer_failed
 from speculators.sources import load_raw_data
 
@@ -146,19 +146,6 @@ class _Plan:
     regenerated_from: dict[str, Any] | None
 
 
-def _load_tokenizer(model_path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-    except (OSError, ValueError) as e:
-        raise UserInputError(
-            f"--target-model-path {model_path}: cannot load its tokenizer ({describe(e)})."
-        ) from None
-    check_tokenizer(tokenizer, model_path)
-    return tokenizer
-
-
 def _check_output_locations(config: DatagenConfig) -> None:
     """Every path datagen writes, before any work: writable, and no clash between them."""
     check_writable_dir(config.output_dir, "--output-dir")
@@ -187,7 +174,7 @@ def _verifier_fingerprint(config: DatagenConfig) -> VerifierFingerprint | None:
 def _plan(config: DatagenConfig) -> _Plan:
     """Every check that can fail on user input, in the order a user would fix them."""
     from speculators.datagen.backends import resolve_backend_name
-    from speculators.models.verifier import load_verifier_config
+    from speculators.models.verifier import load_chat_tokenizer, load_verifier_config
 
     _check_output_locations(config)
     backend_name, backend_note = resolve_backend_name(config)
@@ -195,7 +182,12 @@ def _plan(config: DatagenConfig) -> _Plan:
         resolve_device(config.device)
     verifier = load_verifier_config(config.target_model_path, "--target-model-path")
     layer_ids = resolve_layer_ids(config.layer_ids, verifier.num_hidden_layers)
-    tokenizer = _load_tokenizer(config.target_model_path)
+    tokenizer = load_chat_tokenizer(
+        config.target_model_path,
+        "--target-model-path",
+        "conversations cannot be rendered the way the model was trained",
+    )
+    check_tokenizer(tokenizer, config.target_model_path)
     raw = load_raw_data(config.train_data_path, config.cache_dir)
     if len(raw.dataset) == 0:
         raise UserInputError(

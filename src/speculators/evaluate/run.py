@@ -24,7 +24,7 @@ from speculators.evaluate.decode import DecodeStats, as_generator, speculative_g
 from speculators.evaluate.models import EagleProposer, HFVerifier
 from speculators.evaluate.prompts import load_prompts
 from speculators.models.eagle3 import Eagle3Draft
-from speculators.models.verifier import load_verifier_config
+from speculators.models.verifier import load_chat_tokenizer, load_verifier_config
 
 RESULTS_FILE = checks.RESULTS_FILE
 GENERATIONS_FILE = checks.GENERATIONS_FILE
@@ -132,22 +132,6 @@ def check_embeddings(checkpoint: Path, verifier: str, draft: Any, model: Any) ->
         )
 
 
-def _load_tokenizer(name: str) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        raise UserInputError(
-            f"{VERIFIER_FLAG} {name}: cannot load its tokenizer ({describe(e)})."
-        ) from None
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserInputError(
-            f"{VERIFIER_FLAG} {name}: the tokenizer has no chat template to render prompts with."
-        )
-    return tokenizer
-
-
 def _load_verifier(name: str, dtype: torch.dtype, device: torch.device) -> Any:
     from transformers import AutoModelForCausalLM
 
@@ -204,7 +188,9 @@ def _setup(config: EvalConfig) -> _Setup:
     notes = checks.check_verifier(
         config.checkpoint_dir, draft_config, verifier_name, config.allow_verifier_mismatch
     )
-    tokenizer = _load_tokenizer(verifier_name)
+    tokenizer = load_chat_tokenizer(
+        verifier_name, VERIFIER_FLAG, "prompts cannot be rendered the way the model was trained"
+    )
     prompts = load_prompts(
         config.data_path, tokenizer, config.num_prompts, config.seed, config.max_prompt_tokens
     )

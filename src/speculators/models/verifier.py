@@ -12,6 +12,26 @@ import torch
 from speculators.errors import UserInputError, describe
 
 
+def load_chat_tokenizer(name_or_path: str, flag: str, chat_template_for: str) -> Any:
+    """The verifier's tokenizer, which must have a chat template (`chat_template_for`: what the
+    command needs it for, said in the error when it has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise UserInputError(
+            f"{flag} {name_or_path}: cannot load its tokenizer ({describe(e)})."
+        ) from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserInputError(
+            f"{flag} {name_or_path}: the tokenizer has no chat template, so {chat_template_for}. "
+            "Use an instruct/chat model, or add a `chat_template` to its tokenizer_config.json "
+            "(or chat_template.jinja)."
+        )
+    return tokenizer
+
+
 def load_verifier_config(name_or_path: str, flag: str) -> Any:
     """The verifier's text config (a transformers PretrainedConfig).
 

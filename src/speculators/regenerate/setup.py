@@ -57,24 +57,6 @@ class Plan:
         return out
 
 
-def _load_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise UserInputError(
-            f"{MODEL_FLAG} {path}: cannot load its tokenizer ({describe(e)})."
-        ) from None
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserInputError(
-            f"{MODEL_FLAG} {path}: the tokenizer has no chat template, so the verifier cannot be "
-            "asked for replies the way it was trained to give them. Use an instruct/chat model, "
-            "or add a `chat_template` to its tokenizer_config.json (or chat_template.jinja)."
-        )
-    return tokenizer
-
-
 def _stop_ids(tokenizer: Any, path: str) -> set[int]:
     """Where a reply ends: eos of the tokenizer and of generation_config.json, and the
     template's end-of-turn token."""
@@ -186,12 +168,16 @@ def check_no_user_turns(config: RegenerateConfig, segments: list[list[Any]]) -> 
 
 def make_plan(config: RegenerateConfig, backend_name: str, command: str | None) -> Plan:
     """Every check that can fail on user input, in the order a user would fix them."""
-    from speculators.models.verifier import load_verifier_config
+    from speculators.models.verifier import load_chat_tokenizer, load_verifier_config
 
     if backend_name == "transformers":
         resolve_device(config.device)
     load_verifier_config(config.target_model_path, MODEL_FLAG)
-    tokenizer = _load_tokenizer(config.target_model_path)
+    tokenizer = load_chat_tokenizer(
+        config.target_model_path,
+        MODEL_FLAG,
+        "the verifier cannot be asked for replies the way it was trained to give them",
+    )
     _check_writable(config.output_path)
     raw = load_raw_data(config.train_data_path, config.cache_dir)
     if len(raw.dataset) == 0:
