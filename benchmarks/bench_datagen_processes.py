@@ -29,7 +29,8 @@ from pathlib import Path
 
 from shapes import SHAPES  # benchmarks/ is on sys.path
 
-WORDS = "the quick brown fox jumps over lazy dog while seven cats count numbers".split()
+WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "while", "seven",
+         "cats", "count", "numbers")  # fmt: skip
 
 
 def build_model(shape: str, tokenizer_dir: Path, out: Path) -> Path:
@@ -71,7 +72,8 @@ def run(args: argparse.Namespace, model: Path, data: Path, nproc: int, index: in
     cmd = [
         sys.executable, "-m", "speculators", "datagen", "--target-model-path", str(model),
         "--train-data-path", str(data), "--output-dir", str(out),
-        "--token-freq-path", str(out / "token_freq.pt"), "--cache-dir", str(args.work_dir / "cache"),
+        "--token-freq-path", str(out / "token_freq.pt"),
+        "--cache-dir", str(args.work_dir / "cache"),
         "--seq-length", str(args.seq_length), "--batch-size", str(args.batch_size),
         "--device", args.device, "--backend", "transformers", "--nproc-per-node", str(nproc),
         *(["--no-compile"] if args.no_compile else []),
@@ -120,9 +122,7 @@ def main() -> None:
             result = run(args, model, data, n, len(results)) | {"round": r}
             print(json.dumps(result), flush=True)
             results.append(result)
-    best = {
-        n: max(x["tokens_per_s"] or 0 for x in results if x["nproc"] == n) for n in args.nproc
-    }
+    best = {n: max(x["tokens_per_s"] or 0 for x in results if x["nproc"] == n) for n in args.nproc}
     base = best[args.nproc[0]] or 1
     summary = {
         "shape": None if args.model else args.shape,

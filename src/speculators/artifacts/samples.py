@@ -6,7 +6,8 @@ aux layers first and the last layer last, "loss_mask": long [L]}.
 With `--hidden-states-dtype fp8` the hidden states are float8_e4m3fn and the record holds
 "hidden_states_scale": [fp32 [L], ...], one scale per row (token) of each: value = fp8 * scale,
 scale = the row's largest magnitude / 448 (e4m3's largest finite value). Half the bytes; readers
-get bf16 back (`load_sample`).
+get bf16 back (`load_sample`), or the fp8 values and scales as stored (`dequantize=False`: the
+training loader, which leaves the conversion to the GPU).
 Version 0 (read only): {"input_ids", "loss_mask", "hidden_state": [L, k*H] aux concatenated,
 "target": [L, H] last layer}.
 """
@@ -30,6 +31,14 @@ class Sample:
     aux_hidden_states: list[torch.Tensor]  # k x [L, H]
     last_hidden_state: torch.Tensor  # [L, H], pre-norm output of the verifier's last layer
     loss_mask: torch.Tensor  # long [L]
+    # fp8 files read with dequantize=False: the states above are float8_e4m3fn and these are
+    # their fp32 row scales (value = fp8 * scale); None for bf16 states.
+    aux_scales: list[torch.Tensor] | None = None  # k x [L]
+    last_scale: torch.Tensor | None = None  # [L]
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.last_scale is not None
 
 
 FP8 = torch.float8_e4m3fn
@@ -49,6 +58,15 @@ def quantize_fp8(hidden_LH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def dequantize_fp8(q_LH: torch.Tensor, scale_L: torch.Tensor) -> torch.Tensor:
     return (q_LH.float() * scale_L.float()[:, None]).to(torch.bfloat16)
+
+
+def dequantize_fp8_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Packed fp8 states [..., k*H] with their row scales [..., k] (k layers side by side, as
+    the training loader packs them) -> `dtype`, each value fp8 * scale computed in fp32 (the
+    numbers `dequantize_fp8` gives, then cast)."""
+    k = scale.shape[-1]
+    values = q.float().unflatten(-1, (k, q.shape[-1] // k)) * scale.float()[..., None]
+    return values.flatten(-2).to(dtype)
 
 
 def save_sample(
@@ -92,11 +110,14 @@ def _fail(path: Path, why: str) -> UserInputError:
     )
 
 
-def load_sample(path: Path, data_format_version: int = 1, mmap: bool = False) -> Sample:
+def load_sample(
+    path: Path, data_format_version: int = 1, mmap: bool = False, dequantize: bool = True
+) -> Sample:
     """Read a sample file of either version; a bad file is a UserInputError naming it.
 
     `mmap`: the tensors stay in the page cache until read (the training loader copies them
-    once, straight into its packed row, and checks them for NaN/Inf there: `check_finite`)."""
+    once, straight into its packed row, and checks them for NaN/Inf there: `check_finite`).
+    `dequantize=False`: fp8 states come back as stored, with their scales (Sample.is_fp8)."""
     try:
         record = _load(path, mmap)
     except Exception as e:  # torch raises many types for corrupt files
@@ -115,21 +136,28 @@ def load_sample(path: Path, data_format_version: int = 1, mmap: bool = False) ->
         input_ids, loss_mask = record["input_ids"], record["loss_mask"]
         if found == 1:
             states = list(record["hidden_states"])
+            scales = None
             if "hidden_states_scale" in record:  # fp8 with a scale per row
                 scales = list(record["hidden_states_scale"])
-                if len(scales) != len(states):
+                if len(scales) != len(states) or any(q.dtype != FP8 for q in states):
                     raise KeyError("hidden_states_scale")
-                states = [dequantize_fp8(q, sc) for q, sc in zip(states, scales)]
+                if dequantize:
+                    states = [dequantize_fp8(q, sc) for q, sc in zip(states, scales)]
+                    scales = None
             aux, last = states[:-1], states[-1]
         else:
+            scales = None
             fused, last = record["hidden_state"], record["target"]
             aux = list(fused.chunk(fused.shape[-1] // last.shape[-1], dim=-1))
     except (KeyError, TypeError, AttributeError, ZeroDivisionError, RuntimeError) as e:
         raise _fail(path, f"{e.__class__.__name__}: {e}") from None
     sample = Sample(input_ids.long(), aux, last, loss_mask.long())
+    if scales is not None:
+        sample.aux_scales, sample.last_scale = scales[:-1], scales[-1]
     _check_shapes(path, sample)
     if not mmap:
-        for h in [*sample.aux_hidden_states, sample.last_hidden_state]:
+        scales = [*(sample.aux_scales or []), *([sample.last_scale] if sample.is_fp8 else [])]
+        for h in [*sample.aux_hidden_states, sample.last_hidden_state, *scales]:
             check_finite(path, h)
     return sample
 
@@ -150,12 +178,21 @@ def _check_shapes(path: Path, s: Sample) -> None:
     for h in [*s.aux_hidden_states, s.last_hidden_state]:
         if h.ndim != 2 or h.shape[0] != length or h.shape[1] != s.last_hidden_state.shape[1]:
             raise _fail(path, f"a hidden state has shape {tuple(h.shape)}, expected [{length}, H]")
+    for scale in [*(s.aux_scales or []), *([s.last_scale] if s.last_scale is not None else [])]:
+        if scale.shape != (length,):
+            raise _fail(
+                path, f"a hidden-state scale has shape {tuple(scale.shape)}, expected [{length}]"
+            )
 
 
 def check_finite(path: Path, hidden: torch.Tensor) -> None:
-    """NaN or Inf in a sample's hidden states (`hidden`, or the rows of it a loader copied) is
-    a UserInputError naming the file."""
-    if not torch.isfinite(hidden).all():
+    """NaN or Inf in a sample's hidden states (`hidden`, or the rows of it a loader copied; fp8
+    values or their fp32 scales) is a UserInputError naming the file."""
+    if hidden.dtype == FP8:  # e4m3fn has no Inf; NaN is every exponent and mantissa bit set
+        bad = bool(((hidden.view(torch.uint8) & 0x7F) == 0x7F).any())
+    else:
+        bad = not bool(torch.isfinite(hidden).all())
+    if bad:
         raise UserInputError(
             f"sample file {path} contains NaN or Inf hidden states; the verifier overflowed "
             "on this sample. Delete the file and pass --allow-missing-samples to train "

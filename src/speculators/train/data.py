@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from speculators.artifacts.sample_files import list_sample_files
-from speculators.artifacts.samples import check_finite, load_sample
+from speculators.artifacts.samples import FP8, check_finite, load_sample
 from speculators.errors import UserInputError
 
 
@@ -31,6 +31,7 @@ class DataIndex:
     val: list[int]
     num_aux_layers: int
     hidden_size: int
+    fp8: bool = False  # every file stores fp8 states: the loader keeps them so (see PackedRows)
 
 
 def _corrupt(path: Path, e: Exception) -> UserInputError:
@@ -40,8 +41,9 @@ def _corrupt(path: Path, e: Exception) -> UserInputError:
     )
 
 
-def _scan(path: Path, data_format_version: int) -> tuple[int, int, int]:
-    """(length, number of aux layers, hidden size) of one file, read via mmap (cheap)."""
+def _scan(path: Path, data_format_version: int) -> tuple[int, int, int, bool]:
+    """(length, number of aux layers, hidden size, fp8 or not) of one file, read via mmap
+    (cheap)."""
     try:
         try:
             record = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -70,7 +72,7 @@ def _scan(path: Path, data_format_version: int) -> tuple[int, int, int]:
             f"sample file {path} is data format version {found}, but --data-format-version is "
             f"{data_format_version}. Pass --data-format-version {found}."
         )
-    return length, num_aux, hidden
+    return length, num_aux, hidden, "hidden_states_scale" in record
 
 
 def index_data(
@@ -83,10 +85,11 @@ def index_data(
             f"--data-path {data_path}: no .pt sample files found (searched recursively). Point "
             "it at the --output-dir of `speculators datagen`."
         )
-    lengths, shapes = [], set()
+    lengths, shapes, fp8 = [], set(), []
     for path in files:
-        length, num_aux, hidden = _scan(path, data_format_version)
+        length, num_aux, hidden, is_fp8 = _scan(path, data_format_version)
         lengths.append(length)
+        fp8.append(is_fp8)
         shapes.add((num_aux, hidden))
         if len(shapes) > 1:
             raise UserInputError(
@@ -98,7 +101,9 @@ def index_data(
     random.Random(seed).shuffle(order)
     num_val = math.ceil(val_fraction * len(files)) if len(files) > 1 else 0
     num_aux, hidden = shapes.pop()
-    return DataIndex(files, lengths, order[num_val:], sorted(order[:num_val]), num_aux, hidden)
+    return DataIndex(
+        files, lengths, order[num_val:], sorted(order[:num_val]), num_aux, hidden, all(fp8)
+    )
 
 
 def pack(indices: list[int], lengths: list[int], total_seq_len: int) -> list[list[int]]:
@@ -163,7 +168,12 @@ def rank_rows(
 class PackedRows(Dataset):
     """Row r -> one packed row of tensors. A bad file gives {"error": message} instead of
     raising, so the main process can stop with a clean error rather than a worker traceback.
-    Rows in `padding` get a zero loss mask (they only keep a rank in step with the others)."""
+    Rows in `padding` get a zero loss mask (they only keep a rank in step with the others).
+
+    `fp8` (every file stores fp8 states): the row keeps them fp8, with their scales as
+    "aux_scale" [T, k] and "last_scale" [T], and the trainer converts them on its device
+    (artifacts.samples.dequantize_fp8_rows): half the bytes through the loader and to the GPU,
+    and no conversion on the host, where it costs more than the file read."""
 
     def __init__(
         self,
@@ -172,6 +182,7 @@ class PackedRows(Dataset):
         total_seq_len: int,
         version: int,
         padding: set[int] | None = None,
+        fp8: bool = False,
     ) -> None:
         self.files, self.rows, self.total_seq_len, self.version = (
             files,
@@ -180,6 +191,7 @@ class PackedRows(Dataset):
             version,
         )
         self.padding = padding or set()
+        self.fp8 = fp8
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -195,10 +207,12 @@ class PackedRows(Dataset):
         a loader worker the row is allocated in shared memory, which is how the DataLoader
         hands it to the main process (a plain tensor would be copied there once more)."""
         files = [self.files[i] for i in self.rows[r]]
-        samples = [load_sample(path, self.version, mmap=True) for path in files]
+        samples = [
+            load_sample(path, self.version, mmap=True, dequantize=not self.fp8) for path in files
+        ]
         t, h = self.total_seq_len, samples[0].last_hidden_state.shape[1]
         k = len(samples[0].aux_hidden_states)
-        row = _new_row(t, k, h)
+        row = _new_row(t, k, h, self.fp8)
         start = 0
         for d, (path, s) in enumerate(zip(files, samples)):
             n = min(s.input_ids.shape[0], t - start)
@@ -206,30 +220,53 @@ class PackedRows(Dataset):
             row["input_ids"][span], row["loss_mask"][span] = s.input_ids[:n], s.loss_mask[:n]
             row["doc_ids"][span], row["position_ids"][span] = d, torch.arange(n)
             for j, aux in enumerate(s.aux_hidden_states):
-                row["aux_hidden_states"][span, j * h : (j + 1) * h] = aux[:n]
-            row["last_hidden_state"][span] = s.last_hidden_state[:n]
+                _copy(row["aux_hidden_states"][span, j * h : (j + 1) * h], aux[:n])
+            _copy(row["last_hidden_state"][span], s.last_hidden_state[:n])
             check_finite(path, row["aux_hidden_states"][span])
             check_finite(path, row["last_hidden_state"][span])
+            if self.fp8:
+                assert s.aux_scales is not None and s.last_scale is not None
+                for j, scale in enumerate(s.aux_scales):
+                    row["aux_scale"][span, j] = scale[:n]
+                row["last_scale"][span] = s.last_scale[:n]
+                check_finite(path, row["aux_scale"][span])
+                check_finite(path, row["last_scale"][span])
             start += n
         for name in ("input_ids", "loss_mask", "position_ids"):
             row[name][start:] = 0
         row["doc_ids"][start:] = -1  # padding
-        row["aux_hidden_states"][start:] = 0
-        row["last_hidden_state"][start:] = 0
+        for name in ("aux_hidden_states", "last_hidden_state", "aux_scale", "last_scale"):
+            if name in row:
+                _bits(row[name])[start:] = 0  # 0 in bf16, fp8 and fp32 alike
         if r in self.padding:
             row["loss_mask"].zero_()
         return row
 
 
-def _new_row(t: int, k: int, h: int) -> dict[str, torch.Tensor]:
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`'s bytes as integers of its width (fp8 fills and copies are not implemented on
+    every CPU build; integer ones are)."""
+    if tensor.dtype == FP8:
+        return tensor.view(torch.uint8)
+    return tensor
+
+
+def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    _bits(dst).copy_(_bits(src))
+
+
+def _new_row(t: int, k: int, h: int, fp8: bool = False) -> dict[str, torch.Tensor]:
+    states = FP8 if fp8 else torch.bfloat16
     shapes = {
         "input_ids": ((t,), torch.long),
         "loss_mask": ((t,), torch.long),
         "doc_ids": ((t,), torch.long),
         "position_ids": ((t,), torch.long),
-        "aux_hidden_states": ((t, k * h), torch.bfloat16),
-        "last_hidden_state": ((t, h), torch.bfloat16),
+        "aux_hidden_states": ((t, k * h), states),
+        "last_hidden_state": ((t, h), states),
     }
+    if fp8:
+        shapes |= {"aux_scale": ((t, k), torch.float32), "last_scale": ((t,), torch.float32)}
     shared = torch.utils.data.get_worker_info() is not None
     return {name: _empty(shape, dtype, shared) for name, (shape, dtype) in shapes.items()}
 

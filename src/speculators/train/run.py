@@ -118,7 +118,9 @@ class TrainRun:
 
     def _loader(self, rows: list[list[int]], padding: set[int], seed: int) -> Iterable[Any]:
         c = self.config
-        data = PackedRows(self.index.files, rows, c.total_seq_len, c.data_format_version, padding)
+        data = PackedRows(
+            self.index.files, rows, c.total_seq_len, c.data_format_version, padding, self.index.fp8
+        )
         return make_loader(data, c.num_workers, self.trainer.device.type == "cuda", seed)
 
     def train_batches(self, epoch: int) -> Iterable[dict[str, Any] | list[dict[str, Any]]]:

@@ -19,6 +19,7 @@ import torch
 
 from speculators.artifacts import checkpoint as ckpt
 from speculators.artifacts.checkpoint_runs import LEGACY_RUN, retire_other_runs
+from speculators.artifacts.samples import dequantize_fp8_rows
 from speculators.errors import UserInputError, compile_errors, compile_failure
 from speculators.models.eagle3 import Eagle3Draft
 from speculators.train.attention import AttentionImpl
@@ -109,7 +110,14 @@ class Trainer:
         if "error" in batch:
             raise UserInputError(batch["error"])
         out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        if self.device.type == "cpu":  # bf16 matmuls are far slower than fp32 on CPUs
+        # bf16 matmuls are far slower than fp32 on CPUs
+        dtype = torch.float32 if self.device.type == "cpu" else torch.bfloat16
+        if "last_scale" in out:  # fp8 rows (train.data.PackedRows): converted here, on device
+            aux, aux_scale = out["aux_hidden_states"], out.pop("aux_scale")
+            out["aux_hidden_states"] = dequantize_fp8_rows(aux, aux_scale, dtype)
+            last, last_scale = out["last_hidden_state"], out.pop("last_scale")
+            out["last_hidden_state"] = dequantize_fp8_rows(last, last_scale[..., None], dtype)
+        elif self.device.type == "cpu":
             for k in ("aux_hidden_states", "last_hidden_state"):
                 out[k] = out[k].float()
         return out

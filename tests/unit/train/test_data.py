@@ -103,3 +103,40 @@ def test_a_sample_with_nan_is_named_by_the_loader(tmp_path):
     index = index_data(tmp_path, 1, 0.0, seed=0)
     out = PackedRows(index.files, [[0, 1]], 64, 1)[0]
     assert "data_1.pt contains NaN or Inf" in out["error"]
+
+
+def test_fp8_rows_stay_fp8_and_convert_to_the_stored_values(tmp_path):
+    """fp8 files: the loader packs the fp8 bytes and their scales as stored (half the bytes
+    through the loader and to the GPU); converted on the device they are fp8 * scale of each
+    file, the numbers the host conversion (load_sample) gives."""
+    import pytest
+
+    from speculators.artifacts.samples import FP8, dequantize_fp8_rows
+    from speculators.errors import UserInputError
+
+    g = torch.Generator().manual_seed(0)
+    raw = []
+    for i, n in enumerate([30, 50]):
+        states = [torch.randn(n, 8, generator=g) * (j + 1) for j in range(4)]
+        save_sample(tmp_path / f"data_{i}.pt", torch.arange(n), states, torch.ones(n).long(), "fp8")
+        raw.append(torch.load(tmp_path / f"data_{i}.pt", weights_only=True))
+    index = index_data(tmp_path, 1, 0.0, seed=0)
+    assert index.fp8
+    row = PackedRows(index.files, [[0, 1]], 100, 1, fp8=True)[0]
+    assert row["aux_hidden_states"].dtype == FP8 and row["aux_scale"].shape == (100, 3)
+    aux = dequantize_fp8_rows(row["aux_hidden_states"], row["aux_scale"], torch.bfloat16)
+    last = dequantize_fp8_rows(row["last_hidden_state"], row["last_scale"][:, None], torch.float32)
+    # independently: each file's fp8 values times its scales, layer by layer
+    pairs = [zip(r["hidden_states"], r["hidden_states_scale"]) for r in raw]
+    want_CH = torch.cat([torch.cat([q.float() * s[:, None] for q, s in p], -1) for p in pairs])
+    assert torch.equal(aux[:80], want_CH[:, :24].to(torch.bfloat16))
+    assert torch.equal(last[:80], want_CH[:, 24:])
+    assert not aux[80:].any() and not last[80:].any()  # padding
+    host = PackedRows(index.files, [[0, 1]], 100, 1)[0]  # converted by load_sample on the host
+    assert torch.equal(host["aux_hidden_states"], aux)
+    # a NaN stored in fp8 is found by the loader, naming the file
+    record = raw[1]
+    record["hidden_states"][0].view(torch.uint8)[3, 2] = 0x7F
+    torch.save(record, tmp_path / "data_1.pt")
+    with pytest.raises(UserInputError, match="data_1.pt"):
+        PackedRows(index.files, [[0, 1]], 100, 1, fp8=True)._row(0)
