@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from speculators_process import run_speculators
 from typer.testing import CliRunner
 
 from speculators.artifacts.sample_files import list_sample_files
@@ -41,15 +40,7 @@ def flags(workdir: Path, model: Path, out: str) -> list[str]:
 
 
 def speculators_datagen(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    env.pop("TORCHELASTIC_RUN_ID", None)
-    return subprocess.run(
-        [sys.executable, "-m", "speculators", "datagen", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return run_speculators("datagen", args, timeout)
 
 
 def digests(out: Path) -> dict[str, str]:

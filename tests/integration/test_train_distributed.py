@@ -5,15 +5,14 @@ after a kill, and stopped by a failing rank."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from speculators_process import run_speculators
 
 from speculators.artifacts.samples import save_sample
 from speculators.config import TrainConfig
@@ -33,15 +32,7 @@ def flags(tiny_llama, train_data, tiny_vocab, save: Path) -> list[str]:
 
 
 def speculators_train(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    env.pop("TORCHELASTIC_RUN_ID", None)
-    return subprocess.run(
-        [sys.executable, "-m", "speculators", "train", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return run_speculators("train", args, timeout)
 
 
 @pytest.fixture(scope="module")
