@@ -246,7 +246,7 @@ def run_datagen(
     """Generate (or finish generating) the training data `config` describes. Under torchrun
     with several processes (`--nproc-per-node`), each computes its share (datagen.shards) and
     the first returns the result of the whole run; the others return None."""
-    shard = join()
+    shard = join(config.device)
     try:
         return _run(config, shard, on_progress if shard.first else None, command)
     except Exception as e:

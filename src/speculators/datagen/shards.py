@@ -54,23 +54,22 @@ class Shard:
         dist.all_gather_object(values, value)
         return values
 
-    def use_gpu(self) -> None:
-        """Make GPU `local_rank` (of those CUDA_VISIBLE_DEVICES shows) this process's GPU."""
-        if self.world > 1 and torch.cuda.is_available():
-            torch.cuda.set_device(self.local_rank)
-
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def join(env: Mapping[str, str] | None = None) -> Shard:
+def join(device: str, env: Mapping[str, str] | None = None) -> Shard:
     """This process's shard: from torchrun's environment, joined to the others over gloo (the
-    processes only exchange a few small objects, on CPU or GPU machines alike)."""
+    processes only exchange a few small objects, on CPU or GPU machines alike). Unless `device`
+    (`--device`) is cpu, GPU `local_rank` (of those CUDA_VISIBLE_DEVICES shows) becomes this
+    process's GPU, the one the transformers backend then loads the verifier on."""
     env = os.environ if env is None else env
     if not under_torchrun(env):
         return Shard()
     shard = Shard(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]))
+    if shard.world > 1 and device != "cpu" and torch.cuda.is_available():
+        torch.cuda.set_device(shard.local_rank)
     if shard.world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo", timeout=WAIT)
     return shard
