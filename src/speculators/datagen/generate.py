@@ -67,22 +67,21 @@ def generate_samples(
     on_progress: ProgressFn | None = None,
     pipelined: bool = True,
     writer: SampleWriter | None = None,
-    shard: tuple[int, int] = (0, 1),
+    batches: list[list[int]] | None = None,
 ) -> GenerationStats:
     """Compute and write the samples `todo` of `data` as `output_dir/data_{idx}.pt`.
 
     The batches are those of a run over every sample, and a batch with any sample in `todo` runs
     whole (only its missing samples are written): a resumed run computes each sample in the
     same batch, with the same padding, as an uninterrupted one, so its files are bit-identical.
-    `shard` = (rank, world): this process computes batch k when k % world == rank (datagen.shards);
-    progress counts this process's samples.
+    `batches`: the ones this process computes, as datagen.shards picks them from that list
+    (default: all of it); progress counts the samples in them.
     """
     writer = writer or SampleWriter()
     stats, start = GenerationStats(), time.perf_counter()
     lengths = data.lengths()
-    rank, world = shard
-    batches = length_sorted_batches(lengths, list(range(data.num_samples)), batch_size)
-    batches = [b for k, b in enumerate(batches) if k % world == rank]
+    if batches is None:
+        batches = length_sorted_batches(lengths, list(range(data.num_samples)), batch_size)
     ours = {i for b in batches for i in b}
     missing = set(todo) & ours
     total = len(ours)

@@ -286,7 +286,11 @@ def _run(
         raise UserInputError(VLLM_PROCESSES)
     data = plan.data
     todo = [i for i in range(data.num_samples) if not sample_path(config.output_dir, i).is_file()]
-    ours = _shard_samples(data.lengths(), config.batch_size, shard)
+    all_batches = length_sorted_batches(
+        data.lengths(), list(range(data.num_samples)), config.batch_size
+    )
+    batches = [b for k, b in enumerate(all_batches) if shard.owns(k)]
+    ours = {i for b in batches for i in b}
     mine = [i for i in todo if i in ours]
     if shard.first:
         _remove_stale_temps(config)
@@ -319,7 +323,7 @@ def _run(
             writer = SampleWriter(hidden_dtype=config.hidden_states_dtype)
             generated = generate_samples(
                 backend, data, mine, config.output_dir, config.batch_size, on_progress,
-                writer=writer, shard=(shard.rank, shard.world),
+                writer=writer, batches=batches,
             )  # fmt: skip
             stats = _ShardStats(
                 len(mine), generated.bytes_written, generated.num_tokens, generated.seconds
@@ -349,12 +353,6 @@ def _run(
         generation_seconds=max(s.seconds for s in every),  # the processes run side by side
         notes=plan.notes + _processes_note(shard),
     )
-
-
-def _shard_samples(lengths: list[int], batch_size: int, shard: Shard) -> set[int]:
-    """The samples in this process's batches (all of them with one process)."""
-    batches = length_sorted_batches(lengths, list(range(len(lengths))), batch_size)
-    return {i for k, b in enumerate(batches) if shard.owns(k) for i in b}
 
 
 def _processes_note(shard: Shard) -> list[str]:
