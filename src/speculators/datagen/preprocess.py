@@ -109,12 +109,8 @@ def tokenize_conversation(
 
 
 def check_tokenizer(tokenizer: Any, model_path: str) -> None:
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserInputError(
-            f"--target-model-path {model_path}: the tokenizer has no chat template, so "
-            "conversations cannot be rendered the way the model was trained. Use an instruct/chat "
-            "model, or add a `chat_template` to its tokenizer_config.json (or chat_template.jinja)."
-        )
+    """What datagen needs beyond a chat template (models.verifier.load_chat_tokenizer checks
+    that): character offsets for the loss mask."""
     if not getattr(tokenizer, "is_fast", False):
         raise UserInputError(
             f"--target-model-path {model_path}: the tokenizer is a slow (Python) tokenizer; the "
