@@ -22,8 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from speculators.artifacts.sample_files import list_sample_files
-from speculators.train.data import PackedRows, epoch_rows, index_data
+from speculators.train.data import DataIndex, PackedRows, epoch_rows, index_data
 
 
 def drop_caches() -> bool:
@@ -35,10 +34,9 @@ def drop_caches() -> bool:
         return False
 
 
-def one_pass(data_path: Path, total_seq_len: int, max_rows: int | None, fp8: bool) -> dict:
-    index = index_data(data_path, 1, 0.0, 0)
+def one_pass(index: DataIndex, total_seq_len: int, max_rows: int | None, fp8: bool) -> dict:
     rows = epoch_rows(index, total_seq_len, 0, 0)[:max_rows]
-    dataset = PackedRows(index.files, rows, total_seq_len, 1, fp8=fp8 and index.fp8)
+    dataset = PackedRows(index.files, rows, total_seq_len, 1, fp8=fp8)
     tokens = sum(min(sum(index.lengths[i] for i in row), total_seq_len) for row in rows)
     start = time.perf_counter()
     for r in range(len(dataset)):
@@ -66,17 +64,19 @@ def main() -> None:
     )
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    indexes = {path: index_data(path, 1, 0.0, 0) for path in args.data_path}
+    # (dir, rows kept fp8): fp8 dirs as `train` reads them, and on the host if asked
+    modes = [(path, index.fp8) for path, index in indexes.items()]
+    modes += [(path, False) for path, index in indexes.items() if index.fp8 and args.fp8_on_host]
+    label = {True: "fp8 to device", False: "bf16 rows"}
     passes = []
-    modes = [(path, fp8) for path in args.data_path for fp8 in (True, False)]
-    modes = [(p, f) for p, f in modes if f or not index_data(p, 1, 0.0, 0).fp8 or args.fp8_on_host]
     for r in range(args.rounds):
         for path, fp8 in modes:
             dropped = drop_caches() if args.drop_caches else False
-            result = one_pass(path, args.total_seq_len, args.max_rows, fp8)
-            mode = "fp8 to device" if fp8 and index_data(path, 1, 0.0, 0).fp8 else "bf16 rows"
+            result = one_pass(indexes[path], args.total_seq_len, args.max_rows, fp8)
             result |= {
                 "data_path": str(path),
-                "rows_as": mode,
+                "rows_as": label[fp8],
                 "round": r,
                 "caches_dropped": dropped,
             }
@@ -84,13 +84,11 @@ def main() -> None:
             passes.append(result)
     summary = {}
     for path, fp8 in modes:
-        files = list_sample_files(path)
-        size = sum(os.path.getsize(f) for f in files)
-        mode = "fp8 to device" if fp8 and index_data(path, 1, 0.0, 0).fp8 else "bf16 rows"
-        ours = [x for x in passes if x["data_path"] == str(path) and x["rows_as"] == mode]
-        summary[f"{path} ({mode})"] = {
+        size = sum(os.path.getsize(f) for f in indexes[path].files)
+        ours = [x for x in passes if x["data_path"] == str(path) and x["rows_as"] == label[fp8]]
+        summary[f"{path} ({label[fp8]})"] = {
             "bytes_on_disk": size,
-            "bytes_per_token": round(size / sum(index_data(path, 1, 0.0, 0).lengths), 1),
+            "bytes_per_token": round(size / sum(indexes[path].lengths), 1),
             "best_tokens_per_s": max(x["tokens_per_s"] for x in ours),
             "median_tokens_per_s": sorted(x["tokens_per_s"] for x in ours)[len(ours) // 2],
         }
