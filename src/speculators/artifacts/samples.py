@@ -40,6 +40,14 @@ class Sample:
     def is_fp8(self) -> bool:
         return self.last_scale is not None
 
+    @property
+    def scales(self) -> list[torch.Tensor]:
+        """Every row scale (aux layers, then the last); none for bf16 states."""
+        return [
+            *(self.aux_scales or []),
+            *([self.last_scale] if self.last_scale is not None else []),
+        ]
+
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
@@ -57,7 +65,7 @@ def quantize_fp8(hidden_LH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize_fp8(q_LH: torch.Tensor, scale_L: torch.Tensor) -> torch.Tensor:
-    return (q_LH.float() * scale_L.float()[:, None]).to(torch.bfloat16)
+    return dequantize_fp8_rows(q_LH, scale_L[:, None], torch.bfloat16)
 
 
 def dequantize_fp8_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -156,8 +164,7 @@ def load_sample(
         sample.aux_scales, sample.last_scale = scales[:-1], scales[-1]
     _check_shapes(path, sample)
     if not mmap:
-        scales = [*(sample.aux_scales or []), *([sample.last_scale] if sample.is_fp8 else [])]
-        for h in [*sample.aux_hidden_states, sample.last_hidden_state, *scales]:
+        for h in [*sample.aux_hidden_states, sample.last_hidden_state, *sample.scales]:
             check_finite(path, h)
     return sample
 
@@ -178,7 +185,7 @@ def _check_shapes(path: Path, s: Sample) -> None:
     for h in [*s.aux_hidden_states, s.last_hidden_state]:
         if h.ndim != 2 or h.shape[0] != length or h.shape[1] != s.last_hidden_state.shape[1]:
             raise _fail(path, f"a hidden state has shape {tuple(h.shape)}, expected [{length}, H]")
-    for scale in [*(s.aux_scales or []), *([s.last_scale] if s.last_scale is not None else [])]:
+    for scale in s.scales:
         if scale.shape != (length,):
             raise _fail(
                 path, f"a hidden-state scale has shape {tuple(scale.shape)}, expected [{length}]"
