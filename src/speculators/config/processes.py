@@ -7,6 +7,19 @@ from pydantic import Field, model_validator
 from speculators.config.base import StrictModel
 
 
+def too_many_processes(nproc: int, gpus: int) -> str | None:
+    """The error for `nproc` processes on a node showing `gpus` GPUs (one process per GPU), or
+    None when they fit. `gpus` 0 with --device cuda still allows the one process that then
+    reports the missing GPU itself."""
+    if nproc <= max(gpus, 1):
+        return None
+    return (
+        f"--nproc-per-node {nproc}: only {gpus} GPU(s) are visible on this node (one process "
+        "per GPU; counted from CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`). Lower "
+        "--nproc-per-node, or use --device cpu."
+    )
+
+
 class NodesConfig(StrictModel):
     """How many nodes, which one this is, and where they meet. Each command adds its own
     `nproc_per_node` (its default differs)."""

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, model_validator
 
-from speculators.config.processes import NodesConfig
+from speculators.config.processes import NodesConfig, too_many_processes
 
 LOGGERS = ("tensorboard", "wandb", "trackio", "jsonl")
 
@@ -138,12 +138,9 @@ class TrainConfig(NodesConfig):
         gpus = (info.context or {}).get("visible_gpus")
         if gpus is not None and self.nproc_per_node and self.device != "cpu":
             on_gpus = self.device == "cuda" or gpus > 0  # auto without GPUs: CPU processes
-            if on_gpus and self.nproc_per_node > max(gpus, 1):
-                raise ValueError(
-                    f"--nproc-per-node {self.nproc_per_node}: only {gpus} GPU(s) are visible on "
-                    "this node (one process per GPU; counted from CUDA_VISIBLE_DEVICES, else "
-                    "`nvidia-smi -L`). Lower --nproc-per-node, or use --device cpu."
-                )
+            error = too_many_processes(self.nproc_per_node, gpus) if on_gpus else None
+            if error:
+                raise ValueError(error)
         if self.rows_per_step and self.nproc_per_node:
             world = self.nproc_per_node * self.nnodes
             if self.rows_per_step % world:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from speculators.config import DatagenConfig
 from speculators.config.base import shell_command
 from speculators.config.datagen import VLLM_PROCESSES
+from speculators.config.processes import too_many_processes
 from speculators.errors import UserInputError
 from speculators.launcher import (
     COMMAND_ENV,
@@ -39,12 +40,9 @@ def resolve_nproc(config: DatagenConfig, env: Mapping[str, str]) -> int:
         nproc = max(gpus, 1) if on_gpus else 1
     if backend == "vllm" and (nproc > 1 or config.nnodes > 1):
         raise UserInputError(f"--backend auto chose vllm. {VLLM_PROCESSES}")
-    if on_gpus and nproc > max(gpus, 1):
-        raise UserInputError(
-            f"--nproc-per-node {nproc}: only {gpus} GPU(s) are visible on this node (one "
-            "process per GPU; counted from CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`). Lower "
-            "--nproc-per-node, or use --device cpu."
-        )
+    error = too_many_processes(nproc, gpus) if on_gpus else None
+    if error:
+        raise UserInputError(error)
     return nproc
 
 
