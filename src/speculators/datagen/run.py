@@ -358,4 +358,4 @@ def _run(
 def _processes_note(shard: Shard) -> list[str]:
     if shard.world == 1:
         return []
-    return [f"{shard.world} processes, each computing every {shard.world}th batch"]
+    return [f"{shard.world} processes, each computing one batch in {shard.world}"]
