@@ -126,4 +126,14 @@ def test_bad_process_flags_are_refused_before_anything_runs(tiny_llama, tmp_path
     assert res.exit_code == 2 and "--nproc-per-node" in res.output
     res = run("--device", "cuda", "--nproc-per-node", "2", "--backend", "transformers")
     assert res.exit_code == 2  # no GPU here (or too few for two processes)
+    res = run("--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1")
+    assert res.exit_code == 2 and "--node-rank" in res.output
+    res = run("--hidden-states-dtype", "fp16")
+    assert res.exit_code == 2 and "--hidden-states-dtype" in res.output
+    (tmp_path / "bad.json").write_text("{not json")
+    res = run("--config", str(tmp_path / "bad.json"))
+    assert res.exit_code == 2 and "--config" in res.output and "bad.json" in res.output
+    (tmp_path / "list.json").write_text("[1, 2]")
+    res = run("--config", str(tmp_path / "list.json"))
+    assert res.exit_code == 2 and "JSON object" in res.output
     assert not (tmp_path / "o").exists()
