@@ -1,9 +1,10 @@
 """The torchrun launcher every multi-process command uses (speculators.launcher): the torchrun
-line, and the GPUs counted without torch."""
+line, the GPUs counted without torch, and how a worker process ends."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 from speculators import launcher as launch
@@ -54,3 +55,38 @@ def test_gpus_are_counted_without_torch(monkeypatch):
 def test_the_command_is_named():
     cmd = launch.torchrun_command(Path("/c.json"), 2, python="/py", command="datagen")
     assert cmd[-4:] == ["speculators", "datagen", "--config", "/c.json"]
+
+
+WORKER = """
+import atexit, sys
+from speculators.launcher import run_worker
+atexit.register(lambda: print("interpreter shutdown ran"))
+def main():
+    print("the command's output")  # block-buffered: stdout is a pipe
+    {body}
+run_worker(main)
+"""
+
+
+def run_worker_process(body: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", WORKER.format(body=body)], capture_output=True, text=True
+    )
+
+
+def test_a_worker_ends_with_its_commands_exit_code_and_output_without_interpreter_shutdown():
+    cases = {
+        "pass": 0,
+        "raise SystemExit(0)": 0,
+        "raise SystemExit(2)": 2,
+        "raise SystemExit('error: bad flag')": 1,
+        "raise RuntimeError('boom')": 1,
+        "raise KeyboardInterrupt": 130,
+    }
+    for body, code in cases.items():
+        proc = run_worker_process(body)
+        assert proc.returncode == code, (body, proc.stderr)
+        assert proc.stdout == "the command's output\n", body  # flushed; atexit never ran
+    assert "error: bad flag" in run_worker_process("raise SystemExit('error: bad flag')").stderr
+    crashed = run_worker_process("raise RuntimeError('boom')").stderr
+    assert "Traceback" in crashed and "RuntimeError: boom" in crashed
