@@ -88,8 +88,9 @@ def load_token_freq(path: Path) -> dict[int, int]:
     import torch
 
     if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise UserInputError(
-            f"token frequency file {path} does not exist. `speculators datagen` writes it "
+            f"token frequency file {path} {what}. `speculators datagen` writes it "
             "(default ./token_freq.pt); pass its location with --token-freq-path."
         )
     try:

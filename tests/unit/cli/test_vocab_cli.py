@@ -84,6 +84,10 @@ BAD = {
         ["--token-freq-path", "{tmp}/nope.pt", "--target-vocab-size", "10"],
         "does not exist",
     ),
+    "freq path is a directory": (
+        ["--token-freq-path", "{tmp}", "--target-vocab-size", "10"],
+        "is a directory, not a file",
+    ),
     "draft size zero": (
         ["--draft-vocab-size", "0", "--target-vocab-size", "10"],
         "--draft-vocab-size",
