@@ -129,6 +129,7 @@ def run_torchrun(cmd: list[str], what: str = "training") -> int:
     exit code of the first worker that failed."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.run import parse_args, run
 
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(
@@ -148,7 +149,26 @@ def run_torchrun(cmd: list[str], what: str = "training") -> int:
         return 128 - failure.exitcode
     except SignalException as e:  # Ctrl-C or a kill: torchrun stopped the workers
         return 128 + int(e.sigval)
+    except RendezvousError as e:  # before any worker started
+        print(f"error: {_rendezvous_failed(cmd, e)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _rendezvous_failed(cmd: list[str], e: BaseException) -> str:
+    """The one message for processes that could not meet (torchrun's rendezvous)."""
+    cause = e.__cause__ or e.__context__
+    why = f"{e.__class__.__name__}: {str(e).rstrip('.')}" + (
+        f" ({cause.__class__.__name__}: {str(cause).rstrip('.')})" if cause is not None else ""
+    )
+    if "--rdzv-endpoint" not in cmd:
+        return f"the processes could not meet on this machine: {why}."
+    endpoint = cmd[cmd.index("--rdzv-endpoint") + 1]
+    return (
+        f"--rdzv-endpoint {endpoint}: the processes could not meet there: {why}. Give HOST:PORT "
+        "of the first node (--node-rank 0), a name every node resolves and a port free on it, "
+        "and start the same command on every node."
+    )
 
 
 def run_worker(main: Callable[[], object]) -> NoReturn:

@@ -90,3 +90,25 @@ def test_a_worker_ends_with_its_commands_exit_code_and_output_without_interprete
     assert "error: bad flag" in run_worker_process("raise SystemExit('error: bad flag')").stderr
     crashed = run_worker_process("raise RuntimeError('boom')").stderr
     assert "Traceback" in crashed and "RuntimeError: boom" in crashed
+
+
+def test_processes_that_cannot_meet_are_one_message_naming_the_endpoint(monkeypatch, capsys):
+    """A rendezvous that fails (a node name that does not resolve, a port taken) ends the command
+    with exit 2 and the flag named, not torchrun's traceback."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError
+
+    def fail(args):
+        try:
+            raise OSError("Name or service not known")
+        except OSError as e:
+            raise RendezvousConnectionError("The connection to the C10d store has failed.") from e
+
+    monkeypatch.setattr(torchrun, "run", fail)
+    cmd = launch.torchrun_command(Path("/ck/c.json"), 2, 2, 1, "nowhere:29400", python="/py")
+    assert launch.run_torchrun(cmd) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --rdzv-endpoint nowhere:29400: the processes could not meet")
+    assert "Name or service not known" in err and err.count("\n") == 1
+    assert launch.run_torchrun(launch.torchrun_command(Path("/c.json"), 2, python="/py")) == 2
+    assert "could not meet on this machine" in capsys.readouterr().err

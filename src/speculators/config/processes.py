@@ -37,6 +37,15 @@ class NodesConfig(StrictModel):
                 f"--node-rank {self.node_rank} must be below --nnodes {self.nnodes} "
                 "(nodes are numbered from 0)."
             )
+        if self.rdzv_endpoint is not None:
+            host, colon, port = self.rdzv_endpoint.rpartition(":")
+            if not colon:
+                host, port = port, "29400"  # torchrun's default port
+            if not host.strip() or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"--rdzv-endpoint {self.rdzv_endpoint!r} is not HOST:PORT with a port "
+                    "1-65535 (e.g. --rdzv-endpoint node0:29400)."
+                )
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ValueError(
                 f"--nnodes {self.nnodes} needs --rdzv-endpoint HOST:PORT, an address of the "

@@ -91,6 +91,9 @@ def test_config_file_with_overriding_flags(exec_calls, tmp_path):
     [
         (["--nnodes", "2"], ["--nnodes", "--rdzv-endpoint"]),
         (["--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1"], ["--node-rank"]),
+        (["--nnodes", "2", "--rdzv-endpoint", "node0:port"], ["--rdzv-endpoint", "HOST:PORT"]),
+        (["--rdzv-endpoint", "node0:70000"], ["--rdzv-endpoint", "1-65535"]),
+        (["--rdzv-endpoint", ":29400"], ["--rdzv-endpoint"]),
         (["--nproc-per-node", "2", "--rows-per-step", "3"], ["--rows-per-step"]),
         (["--nproc-per-node", "2", "--device", "cuda"], ["--nproc-per-node", "GPU"]),
     ],
