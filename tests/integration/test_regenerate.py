@@ -245,6 +245,12 @@ def test_unwritable_output(tiny_llama, data, tmp_path):
     refused(invoke(*regen(tiny_llama, data, tmp_path)), "--output-path")  # a directory / .jsonl
 
 
+def test_a_negative_seed_is_refused(tiny_llama, data, tmp_path):
+    out = tmp_path / "o.jsonl"
+    refused(invoke(*regen(tiny_llama, data, out, "--seed", "-1")), "--seed")
+    assert not out.exists()
+
+
 def test_vllm_missing_names_the_extra(tiny_llama, data, tmp_path, monkeypatch):
     import speculators.models.vllm as engine
 

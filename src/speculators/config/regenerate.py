@@ -33,7 +33,9 @@ class RegenerateConfig(StrictModel):
         "shuffle (same --seed, same --max-samples = the same conversations).",
     )
     seed: int = Field(
-        0, description="Seed of the shuffle that picks conversations (datagen's) and of sampling."
+        0,
+        ge=0,
+        description="Seed of the shuffle that picks conversations (datagen's) and of sampling.",
     )
     max_new_tokens: int = Field(1024, gt=0, description="Longest reply, in tokens.")
     temperature: float = Field(
