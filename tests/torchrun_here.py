@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 
+from speculators import launcher
 from speculators.train import launch
 
 REAL = launch.run_torchrun
@@ -39,7 +40,7 @@ def run_worker_here(cmd: list[str]) -> int:
     try:
         main(cmd[cmd.index("speculators") + 1 :])
     except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        return launcher.exit_code(e)
     finally:
         for name, value in saved.items():
             if value is None:

@@ -171,6 +171,11 @@ def _rendezvous_failed(cmd: list[str], e: BaseException) -> str:
     )
 
 
+def exit_code(e: SystemExit) -> int:
+    """The process exit code Python gives `raise e` (None: 0, a message: 1)."""
+    return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+
+
 def run_worker(main: Callable[[], object]) -> NoReturn:
     """Run a torchrun worker's command (`main`) and end the process with its exit code, output
     flushed, without Python's interpreter shutdown.
@@ -187,7 +192,7 @@ def run_worker(main: Callable[[], object]) -> NoReturn:
     except SystemExit as e:
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
-        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        code = exit_code(e)
     except KeyboardInterrupt:
         code = 130
     except BaseException:
