@@ -11,6 +11,9 @@ tokenizer of --tokenizer (its vocab widened to the shape's), and synthetic conve
     python benchmarks/bench_datagen_processes.py --shape tiny --tokenizer ./SmolLM2 \\
         --nproc 1 2 --num-samples 16 --seq-length 128 --device cpu --work-dir /tmp/b
 
+`--hidden-states-dtype bf16 fp8` runs each process count with both file formats (interleaved too)
+and reports the bytes per token of the files.
+
 Prints one line per run and a JSON summary (also to --json if given). tokens/s is the CLI's own
 figure: every process's tokens over the slowest process's generation time.
 """
@@ -44,7 +47,9 @@ def build_model(shape: str, tokenizer_dir: Path, out: Path) -> Path:
     values = SHAPES[shape] | {"vocab_size": max(SHAPES[shape]["vocab_size"], len(tokenizer))}
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
-    model = LlamaForCausalLM(LlamaConfig(**values, torch_dtype="bfloat16"))
+    # Initialised on the GPU when there is one: an 8B random init takes minutes on a CPU.
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(LlamaConfig(**values, torch_dtype="bfloat16"))
     torch.set_default_dtype(torch.float32)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -66,7 +71,9 @@ def write_conversations(path: Path, n: int, seq_length: int, seed: int = 0) -> P
     return path
 
 
-def run(args: argparse.Namespace, model: Path, data: Path, nproc: int, index: int) -> dict:
+def run(
+    args: argparse.Namespace, model: Path, data: Path, nproc: int, dtype: str, index: int
+) -> dict:
     out = args.work_dir / f"out_{index}"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [
@@ -76,7 +83,7 @@ def run(args: argparse.Namespace, model: Path, data: Path, nproc: int, index: in
         "--cache-dir", str(args.work_dir / "cache"),
         "--seq-length", str(args.seq_length), "--batch-size", str(args.batch_size),
         "--device", args.device, "--backend", "transformers", "--nproc-per-node", str(nproc),
-        *(["--no-compile"] if args.no_compile else []),
+        "--hidden-states-dtype", dtype, *(["--no-compile"] if args.no_compile else []),
     ]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -85,9 +92,12 @@ def run(args: argparse.Namespace, model: Path, data: Path, nproc: int, index: in
         sys.exit(f"datagen --nproc-per-node {nproc} failed:\n{proc.stdout}\n{proc.stderr}")
     rate = re.search(r"throughput\s*│\s*([\d,]+) tokens/s", proc.stdout)
     tokens = re.search(r"│ tokens\s*│\s*([\d,]+)", proc.stdout)
+    size = sum(f.stat().st_size for f in out.glob("data_*.pt"))
     shutil.rmtree(out, ignore_errors=True)
     return {
         "nproc": nproc,
+        "hidden_states_dtype": dtype,
+        "bytes_per_token": round(size / int(tokens.group(1).replace(",", ""))) if tokens else None,
         "tokens_per_s": float(rate.group(1).replace(",", "")) if rate else None,
         "tokens": int(tokens.group(1).replace(",", "")) if tokens else None,
         "wall_s": round(wall, 1),
@@ -108,6 +118,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--hidden-states-dtype", nargs="+", default=["bf16"], choices=["bf16", "fp8"])
     p.add_argument("--work-dir", type=Path, required=True)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -119,11 +130,20 @@ def main() -> None:
     results = []
     for r in range(args.rounds):
         for n in args.nproc:
-            result = run(args, model, data, n, len(results)) | {"round": r}
-            print(json.dumps(result), flush=True)
-            results.append(result)
-    best = {n: max(x["tokens_per_s"] or 0 for x in results if x["nproc"] == n) for n in args.nproc}
-    base = best[args.nproc[0]] or 1
+            for dtype in args.hidden_states_dtype:
+                result = run(args, model, data, n, dtype, len(results)) | {"round": r}
+                print(json.dumps(result), flush=True)
+                results.append(result)
+    runs = [(n, d) for n in args.nproc for d in args.hidden_states_dtype]
+    best = {
+        f"{n} {d}": max(
+            x["tokens_per_s"] or 0
+            for x in results
+            if x["nproc"] == n and x["hidden_states_dtype"] == d
+        )
+        for n, d in runs
+    }
+    base = best[f"{runs[0][0]} {runs[0][1]}"] or 1
     summary = {
         "shape": None if args.model else args.shape,
         "num_samples": args.num_samples,

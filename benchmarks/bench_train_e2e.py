@@ -2,15 +2,21 @@
 
 Builds, in under a minute, a random-weight verifier dir holding only what the trainer reads
 (config.json + embed_tokens, final norm and lm_head in safetensors), sample files of
-ShareGPT-like lengths (bf16, 3 aux layers + the last layer), data_config.json and d2t/t2d; then
-runs `speculators train --nproc-per-node N ...` (torchrun; FSDP2 when N > 1) and prints steady-state
-tokens/s and peak GPU memory from the run's per-step metrics (the `jsonl` logger).
+ShareGPT-like lengths (bf16 or fp8, 3 aux layers + the last layer), data_config.json and
+d2t/t2d; then runs `speculators train --nproc-per-node N ...` (torchrun; FSDP2 when N > 1) and
+prints steady-state tokens/s and peak GPU memory from the run's per-step metrics (the `jsonl`
+logger).
 
     python benchmarks/bench_train_e2e.py --size llama-3.1-8b --steps 200   # one H200 (~5 min)
     python benchmarks/bench_train_e2e.py --size tiny --device cpu          # CPU check (~30 s)
 
 A few hundred real files are written; further samples are symlinks to them, so an epoch of
-hundreds of 8192-token rows needs a few GB of disk, not 50.
+hundreds of 8192-token rows needs a few GB of disk, not 50. `--cold` writes every sample as its
+own file and evicts them all from the page cache before training (as a data set much larger
+than memory is read: from the disk), which is what `--hidden-states-dtype fp8` halves:
+
+    python benchmarks/bench_train_e2e.py --size llama-3.1-8b --steps 40 --cold \\
+        --hidden-states-dtype fp8
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -51,7 +58,9 @@ def make_verifier(out: Path, size: str, gen_device: str) -> Path:
     return out
 
 
-def make_data(out: Path, verifier: Path, real: int, total: int, gen_device: str) -> Path:
+def make_data(
+    out: Path, verifier: Path, real: int, total: int, gen_device: str, hidden_dtype: str
+) -> Path:
     """`real` sample files of lognormal(6.0, 0.8) lengths (mean ~550, cut at 2048), then
     symlinks up to `total` samples; data_config.json with the default layer ids."""
     from transformers import AutoConfig
@@ -72,7 +81,8 @@ def make_data(out: Path, verifier: Path, real: int, total: int, gen_device: str)
         states = torch.randn(len(layer_ids), n, h, generator=g, device=gen_device)
         mask = torch.zeros(n, dtype=torch.long)
         mask[n // 4 :] = 1  # the reply, as a chat template's loss mask would mark it
-        save_sample(sample_path(out, i), ids, list(states.bfloat16().cpu().unbind(0)), mask)
+        hidden = list(states.bfloat16().cpu().unbind(0))
+        save_sample(sample_path(out, i), ids, hidden, mask, hidden_dtype)
     for i in range(real, total):
         os.symlink(sample_path(out, i % real).name, sample_path(out, i))
     config = DataConfig(
@@ -88,12 +98,30 @@ def make_data(out: Path, verifier: Path, real: int, total: int, gen_device: str)
         },
         model={"target_model_path": str(verifier), "max_model_len": 2048, "hidden_size": h},
         data={"train_data_path": "synthetic", "seq_length": 2048, "num_samples": total},
-        hidden_states={"layer_ids": layer_ids},
+        hidden_states={"layer_ids": layer_ids, "hidden_states_dtype": hidden_dtype},
         generation={},
-        format={"schema": format_schema(h, len(layer_ids))},
+        format={"schema": format_schema(h, len(layer_ids), hidden_dtype)},
     )
     save_data_config(out, config)
     return out
+
+
+def evict(data: Path) -> tuple[int, int]:
+    """Drop every sample file of `data` from the page cache (written and fsynced, so clean
+    pages): the next read comes from the disk. (files, bytes)."""
+    files = size = 0
+    for path in data.glob("data_*.pt"):
+        if path.is_symlink():
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            size += os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        files += 1
+    return files, size
 
 
 def make_vocab(out: Path, vocab_size: int, draft_vocab_size: int) -> tuple[Path, Path]:
@@ -118,6 +146,16 @@ def main() -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--num-workers", type=int, default=8)
     p.add_argument("--no-compile", action="store_true", help="pass --no-compile to train")
+    p.add_argument("--hidden-states-dtype", choices=["bf16", "fp8"], default="bf16")
+    p.add_argument(
+        "--train-args",
+        default="",
+        help="more `speculators train` flags, e.g. '--train-lm-head --metrics-every 1' (the work "
+        "of the defaults before issue 16)",
+    )
+    p.add_argument(
+        "--cold", action="store_true", help="one file per sample, all evicted from the page cache"
+    )
     args = p.parse_args()
 
     gen = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
@@ -131,10 +169,21 @@ def main() -> None:
     d2t, t2d = make_vocab(root / "vocab", vocab, vd)
     # Enough samples (mean ~550 tokens, packed ~90% full) for `steps` rows of one epoch.
     total = math.ceil(args.steps * args.nproc_per_node * args.total_seq_len / 480)
-    data = root / f"data-{total}"
+    real = total if args.cold else min(args.real_samples, total)
+    data = root / f"data-{total}-{real}-{args.hidden_states_dtype}"
     if not (data / "data_config.json").is_file():
-        make_data(data, verifier, min(args.real_samples, total), total, gen)
-    print(f"setup: {time.perf_counter() - t0:.1f} s ({total} samples)", flush=True)
+        make_data(data, verifier, real, total, gen, args.hidden_states_dtype)
+    # Bytes per token from the first real files (read before the eviction below).
+    first = [p for p in sorted(data.glob("data_*.pt"))[:64] if not p.is_symlink()]
+    tokens = sum(torch.load(p, weights_only=True)["input_ids"].numel() for p in first)
+    args.bytes_per_token = sum(p.stat().st_size for p in first) / tokens
+    files, size = evict(data) if args.cold else (0, 0)
+    print(
+        f"setup: {time.perf_counter() - t0:.1f} s ({total} samples, {real} files; "
+        f"{args.bytes_per_token / 1024:.1f} KiB per token; evicted {files} files, "
+        f"{size / 2**30:.1f} GiB)",
+        flush=True,
+    )
 
     save, logs = root / "checkpoints", root / "logs"
     for d in (save, logs):
@@ -147,7 +196,7 @@ def main() -> None:
         "--total-seq-len", str(args.total_seq_len), "--num-workers", str(args.num_workers),
         "--nproc-per-node", str(args.nproc_per_node), "--device", args.device,
         "--logger", "jsonl", "--log-dir", str(logs), "--run-name", "bench",
-    ] + (["--no-compile"] if args.no_compile else [])  # fmt: skip
+    ] + (["--no-compile"] if args.no_compile else []) + shlex.split(args.train_args)  # fmt: skip
     print(" ".join(cmd), flush=True)
     t1 = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -169,6 +218,10 @@ def report(metrics_file: Path, checkpoint: Path, args: argparse.Namespace, wall:
         "size": args.size,
         "processes": args.nproc_per_node,
         "total_seq_len": args.total_seq_len,
+        "hidden_states_dtype": args.hidden_states_dtype,
+        "cold": args.cold,
+        "train_args": args.train_args,
+        "bytes_per_token": round(args.bytes_per_token),
         "steps": len(steps),
         "steady_tokens_per_s_median": statistics.median(rates),
         "steady_tokens_per_s_incl_data_wait": sum(tokens) / sum(step_s),
