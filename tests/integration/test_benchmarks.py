@@ -25,6 +25,17 @@ def test_run_all_cpu_runs_both_benchmarks(tmp_path):
     assert train["tokens_per_s"] > 0 and train["gflop_per_token"] > 0
 
 
+def test_bench_packing_runs():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_packing.py"), "--num-samples", "2000",
+         "--total-seq-len", "2048"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["first-fit"]["rows"] <= result["next-fit"]["rows"]
+
+
 def test_heldout_sharegpt_prompts_avoid_the_training_region():
     """The held-out builder skips records whose id, conversation or first prompt occurs among
     the first `train_region` records of the seeded permutation (where training reads)."""

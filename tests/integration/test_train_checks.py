@@ -181,6 +181,25 @@ def test_settings_that_only_change_how_it_runs_resume_silently(base, save):
     assert "worker" not in out and "compile" not in out
 
 
+def test_resume_refuses_another_packing(base, save):
+    out = refused(base[0], save, epochs="3", packing="next-fit")
+    assert "--packing was 'first-fit', now 'next-fit'" in out
+
+
+def test_checkpoints_from_before_packing_was_recorded_resume_next_fit(base, save):
+    """Written before --packing existed, rows were packed next-fit: today's default is refused
+    (it would deal the rest of the epoch differently) and --packing next-fit resumes."""
+    for epoch in ("0", "1"):
+        path = save / epoch / "training_state.json"
+        state = json.loads(path.read_text())
+        state["settings"].pop("packing")
+        path.write_text(json.dumps(state))
+    out = refused(base[0], save, epochs="3")
+    assert "--packing was 'next-fit', now 'first-fit'" in out
+    code, out = train(base[0], save, epochs="3", packing="next-fit")
+    assert code == 0 and "resuming after epoch 1" in out, out
+
+
 def test_old_checkpoints_without_settings_resume_with_a_note(base, save):
     for epoch in ("0", "1"):
         path = save / epoch / "training_state.json"

@@ -114,6 +114,7 @@ def train(
     no_resume_from_checkpoint: bool = option(TrainConfig, "no_resume_from_checkpoint"),
     logger: str = option(TrainConfig, "logger"),
     total_seq_len: int = option(TrainConfig, "total_seq_len"),
+    packing: str = option(TrainConfig, "packing"),
     data_format_version: int = option(TrainConfig, "data_format_version"),
     log_dir: Path = option(TrainConfig, "log_dir"),
     run_name: str = option(TrainConfig, "run_name"),

@@ -12,6 +12,9 @@ from speculators.config.processes import NodesConfig, too_many_processes
 LOGGERS = ("tensorboard", "wandb", "trackio", "jsonl")
 
 
+Packing = Literal["first-fit", "next-fit"]
+
+
 class TrainConfig(NodesConfig):
     """Train an EAGLE-3 draft on datagen's hidden states."""
 
@@ -38,6 +41,12 @@ class TrainConfig(NodesConfig):
     )
     total_seq_len: int = Field(
         8192, ge=16, description="Tokens per packed training row (documents are packed)."
+    )
+    packing: Packing = Field(
+        "first-fit",
+        description="How documents fill the rows: first-fit (up to 16 rows open at a time, "
+        "~99.7% full) or next-fit (a new row whenever the next document does not fit, ~94.6% "
+        "full; the packing before 2026-12-01, to reproduce earlier runs).",
     )
     data_format_version: int = Field(
         1, ge=0, le=1, description="Sample file format: 1 (datagen's) or 0 (old format)."

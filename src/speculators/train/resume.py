@@ -35,10 +35,11 @@ from speculators.errors import UserInputError
 FIXED = (
     "num_layers", "ttt_steps", "ttt_step_loss_decay", "total_seq_len", "seed", "val_fraction",
     "data_format_version", "rows_per_step", "max_steps_per_epoch", "weight_decay", "lr_decay",
-    "warmup_steps", "train_lm_head",
+    "warmup_steps", "train_lm_head", "packing",
 )  # fmt: skip
-# What a record written before a setting existed implies for it: the lm_head was trained then.
-IMPLIED = {"train_lm_head": True}
+# What a record written before a setting existed implies for it: the lm_head was trained and
+# rows were packed next-fit then.
+IMPLIED = {"train_lm_head": True, "packing": "next-fit"}
 CHANGEABLE = ("epochs", "lr", "max_grad_norm")
 IDENTITY_FLAGS = {
     "verifier": "--verifier-name-or-path",

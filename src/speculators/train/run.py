@@ -127,7 +127,7 @@ class TrainRun:
         """This rank's batches of `epoch`: per optimizer step one batch, or a list of
         micro-batches when each rank takes several rows per step (--rows-per-step)."""
         c, p = self.config, self.trainer.parallel
-        rows = epoch_rows(self.index, c.total_seq_len, c.seed, epoch)
+        rows = epoch_rows(self.index, c.total_seq_len, c.seed, epoch, c.packing)
         mine, padding = rank_rows(
             rows,
             self.index.lengths,
@@ -142,7 +142,7 @@ class TrainRun:
 
     def val_batches(self) -> Iterable[dict[str, Any]] | None:
         c, p = self.config, self.trainer.parallel
-        rows = pack(self.index.val, self.index.lengths, c.total_seq_len)
+        rows = pack(self.index.val, self.index.lengths, c.total_seq_len, c.packing)
         if not rows:
             return None
         mine, padding = rank_rows(rows, self.index.lengths, p.world_size, p.world_size, p.rank)
@@ -158,15 +158,10 @@ def _grouped(
         yield group if size > 1 else group[0]
 
 
-def steps_per_epoch(config: TrainConfig, index: DataIndex, rows_per_step: int) -> list[int]:
-    cap = config.max_steps_per_epoch or 10**12
-    return [
-        min(
-            cap,
-            math.ceil(len(epoch_rows(index, config.total_seq_len, config.seed, e)) / rows_per_step),
-        )
-        for e in range(config.epochs)
-    ]
+def steps_per_epoch(c: TrainConfig, index: DataIndex, rows_per_step: int) -> list[int]:
+    cap = c.max_steps_per_epoch or 10**12
+    rows = [len(epoch_rows(index, c.total_seq_len, c.seed, e, c.packing)) for e in range(c.epochs)]
+    return [min(cap, math.ceil(n / rows_per_step)) for n in rows]
 
 
 def prepare(config: TrainConfig, parallel: Parallel | None = None) -> TrainRun:

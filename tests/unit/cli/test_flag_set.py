@@ -33,7 +33,7 @@ FLAGS = {
         "--d2t-path", "--data-format-version", "--data-path",
         "--device", "--epochs", "--log-dir", "--logger", "--lr", "--lr-decay", "--max-grad-norm",
         "--max-steps-per-epoch", "--metrics-every", "--nnodes", "--no-compile",
-        "--no-resume-from-checkpoint", "--node-rank", "--train-lm-head",
+        "--no-resume-from-checkpoint", "--node-rank", "--packing", "--train-lm-head",
         "--nproc-per-node", "--num-layers", "--num-workers", "--rdzv-endpoint", "--rows-per-step",
         "--run-name", "--save-path", "--seed", "--t2d-path", "--total-seq-len",
         "--ttt-step-loss-decay", "--ttt-steps", "--val-fraction", "--verifier-name-or-path",
