@@ -74,9 +74,36 @@ def test_overrides_parse_values_and_win():
 
 
 def test_unknown_or_derived_keys_name_the_section():
-    with pytest.raises(ValueError, match=r"train\.epoch"):
+    with pytest.raises(ValueError, match=r"train\.epoch: not a setting of `speculators train`"):
         PipelineConfig(target_model_path="m", train_data_path="d.jsonl", train={"epoch": 3})
     with pytest.raises(ValueError, match=r"eval\.output_dir is set by the pipeline"):
         PipelineConfig(target_model_path="m", train_data_path="d.jsonl", eval={"output_dir": "x"})
     with pytest.raises(ValueError, match="eval.data_path is required"):
         PipelineConfig(target_model_path="m", train_data_path="org/hub-dataset")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train: 5\n", r"the train section must be a mapping of `train` flags .* \(got 5\)"),
+        ("datagen: [1, 2]\n", r"the datagen section must be a mapping"),
+        ("bogus_stage: {x: 1}\n", r"unknown key 'bogus_stage'\. The top level takes output_dir"),
+        ("output-dir: ./x\n", r"unknown key 'output-dir'"),
+    ],
+)
+def test_config_files_with_misplaced_keys_name_the_file_and_key(tmp_path: Path, text, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as e:
+        load_config_file(path)
+    assert str(e.value).startswith(f"--config {path}: ")
+
+
+def test_a_config_file_that_is_not_text_or_has_empty_sections(tmp_path: Path):
+    binary = tmp_path / "p.yaml"
+    binary.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(ValueError, match="not a text file"):
+        load_config_file(binary)
+    empty = tmp_path / "e.yaml"
+    empty.write_text("train:\nregenerate:\n")
+    assert load_config_file(empty) == {"train": {}, "regenerate": None}

@@ -185,6 +185,8 @@ def _build(stage: str, values: dict[str, Any]) -> StrictModel:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int))
         msg = error_text(err)
+        if err.get("type") == "extra_forbidden":
+            msg = f"not a setting of `speculators {stage}` (see `speculators {stage} --help`)"
         raise ValueError(f"{stage}.{where}: {msg}" if where else f"{stage}: {msg}") from None
 
 
@@ -194,6 +196,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ValueError(f"--config {path}: cannot read it ({e.strerror}).") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--config {path}: not a text file (not UTF-8).") from None
     suffix = Path(path).suffix.lower()
     if suffix in (".yaml", ".yml"):
         import yaml
@@ -210,6 +214,25 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ValueError(f"--config {path}: not valid {suffix[1:].upper()} ({first}).") from None
     if not isinstance(values, dict):
         raise ValueError(f"--config {path}: the top level must be a mapping of keys to values.")
+    return _checked_keys(path, values)
+
+
+def _checked_keys(path: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """Known top-level keys only, and each stage section a mapping (an empty one: {})."""
+    tops = [k for k in PipelineConfig.model_fields if k not in STAGES]
+    for key, value in list(values.items()):
+        if key not in STAGES and key not in tops:
+            raise ValueError(
+                f"--config {path}: unknown key {key!r}. The top level takes {', '.join(tops)} "
+                f"and a section per stage: {', '.join(STAGES)}."
+            )
+        if key in STAGES and value is None and key != "regenerate":
+            values[key] = {}
+        elif key in STAGES and value is not None and not isinstance(value, dict):
+            raise ValueError(
+                f"--config {path}: the {key} section must be a mapping of `{key}` flags to "
+                f"values, e.g. {key}: {{...}} (got {value!r})."
+            )
     return values
 
 
