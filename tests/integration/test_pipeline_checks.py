@@ -40,3 +40,15 @@ def test_a_root_it_did_not_make_is_refused_unless_overwrite(tiny_llama, tmp_path
     assert (root / "data" / "data_0.pt").read_bytes() != b"someone else's sample"
     res = CliRunner().invoke(app, args)  # its own root now: no --overwrite needed
     assert res.exit_code == 0 and "datagen: skipped" in " ".join(res.output.split())
+
+
+def test_an_output_dir_it_cannot_create_names_the_flag(tiny_llama, tmp_path):
+    """/proc takes no new directories, whoever asks (root too)."""
+    data = write_conversations(tmp_path / "convs.jsonl", SAMPLE_CONVERSATIONS)
+    root = Path("/proc/speculators-test-run")
+    args = ["pipeline", "--target-model-path", str(tiny_llama), "--train-data-path", str(data)]
+    args += ["--output-dir", str(root), "--to-stage", "datagen"]
+    res = CliRunner().invoke(app, args)
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and f"--output-dir {root}: cannot create it" in text, text
+    assert "Traceback" not in text and not root.exists()
