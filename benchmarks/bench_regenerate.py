@@ -130,16 +130,16 @@ def main() -> None:
     args = p.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"runs": []}
-    for backend in args.backends:
+    for k, backend in enumerate(args.backends):
         results["runs"].append(run(args, backend))
         print(json.dumps(results["runs"][-1]), flush=True)
+        if k == 0 and args.kill_after:  # before the other backends: the first one's own check
+            results["resume"] = kill_and_resume(args, backend, Path(results["runs"][0]["output"]))
+            print(json.dumps({"resume": results["resume"]}), flush=True)
     outputs = [Path(r["output"]) for r in results["runs"]]
     if len(outputs) > 1:
         results["agreement"] = agreement(outputs[0], outputs[1])
         print(json.dumps({"agreement": results["agreement"]}), flush=True)
-    if args.kill_after:
-        results["resume"] = kill_and_resume(args, args.backends[0], outputs[0])
-        print(json.dumps({"resume": results["resume"]}), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

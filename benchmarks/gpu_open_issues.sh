@@ -63,7 +63,7 @@ if [ "$GROUP" = peer ]; then
 fi
 if [ "$GROUP" = vllm ]; then
     part regenerate 300 "$PY" benchmarks/bench_regenerate.py --model "$SMOLLM2" --data "$DATA" \
-        --backends vllm transformers --max-samples 64 --max-new-tokens 256 --seq-length 1024 \
+        --backends vllm transformers --max-samples 32 --max-new-tokens 256 --seq-length 1024 \
         --batch-size 8 --kill-after 120 --work-dir "$WORK/regen" --json "$LOGS/regenerate.json"
     cp "$WORK/regen/vllm.jsonl.meta.json" "$LOGS/" 2>/dev/null
     part datagen-fp8 240 "$PY" benchmarks/bench_datagen_processes.py --shape llama-3.1-8b \
