@@ -22,7 +22,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from speculators.train.data import DataIndex, PackedRows, epoch_rows, index_data
+from speculators.train.data import DataIndex, PackedRows, index_data
+from speculators.train.packing import epoch_rows
 
 
 def drop_caches() -> bool:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from speculators.train.data import index_data, pack
+from speculators.train.data import index_data
+from speculators.train.packing import pack
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
-"""Training data: datagen's sample files, checked, split, and packed into rows of T tokens.
+"""Training data: datagen's sample files, checked and split (`index_data`), and the packed rows
+of T tokens that `train.packing` chose, read into tensors (`PackedRows`) by the loader.
 
 A packed row holds whole documents one after another (truncated to T if longer), each with its
 own positions from 0 and its own document id; padding has document id -1 and loss mask 0.
-Packing and order are a pure function of (seed, epoch), so a resumed run sees the same batches.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from speculators.artifacts.sample_files import list_sample_files
 from speculators.artifacts.samples import FP8, check_finite, load_sample
-from speculators.config.train import Packing
 from speculators.errors import UserInputError
 
 
@@ -105,101 +104,6 @@ def index_data(
     return DataIndex(
         files, lengths, order[num_val:], sorted(order[:num_val]), num_aux, hidden, all(fp8)
     )
-
-
-OPEN_ROWS = 16  # first-fit: rows open for more documents at a time
-
-
-def pack(
-    indices: list[int], lengths: list[int], total_seq_len: int, packing: Packing = "first-fit"
-) -> list[list[int]]:
-    """Documents into rows whose lengths sum to <= total_seq_len, each document once, each row's
-    documents in the order given.
-
-    "first-fit": each document goes into the first of up to OPEN_ROWS open rows with room for
-    it; a new row is opened when none has, and the oldest open row closes when there are more
-    than OPEN_ROWS (a full row closes at once). Rows stay close to the given (shuffled) order and
-    are ~99.7% full on ShareGPT-like lengths at 8192 tokens per row.
-    "next-fit": a new row whenever the next document does not fit (~94.6% full there; the
-    packing before 2026-12-01)."""
-    if packing == "next-fit":
-        return _next_fit(indices, lengths, total_seq_len)
-    rows: list[list[int]] = []
-    open_rows: list[tuple[list[int], list[int]]] = []  # ([tokens used], documents)
-    for i in indices:
-        n = min(lengths[i], total_seq_len)
-        for r, (used, docs) in enumerate(open_rows):
-            if used[0] + n <= total_seq_len:
-                used[0] += n
-                docs.append(i)
-                if used[0] == total_seq_len:
-                    rows.append(open_rows.pop(r)[1])
-                break
-        else:
-            open_rows.append(([n], [i]))
-            if len(open_rows) > OPEN_ROWS:
-                rows.append(open_rows.pop(0)[1])
-    return rows + [docs for _, docs in open_rows]
-
-
-def _next_fit(indices: list[int], lengths: list[int], total_seq_len: int) -> list[list[int]]:
-    rows: list[list[int]] = []
-    used = total_seq_len
-    for i in indices:
-        n = min(lengths[i], total_seq_len)
-        if used + n > total_seq_len:
-            rows.append([])
-            used = 0
-        rows[-1].append(i)
-        used += n
-    return rows
-
-
-def epoch_rows(
-    index: DataIndex, total_seq_len: int, seed: int, epoch: int, packing: Packing = "first-fit"
-) -> list[list[int]]:
-    """This epoch's training rows: samples shuffled by (seed, epoch), then packed."""
-    order = list(index.train)
-    random.Random(seed * 100_003 + epoch).shuffle(order)
-    return pack(order, index.lengths, total_seq_len, packing)
-
-
-def rank_rows(
-    rows: list[list[int]],
-    lengths: list[int],
-    rows_per_step: int,
-    world_size: int,
-    rank: int,
-    max_steps: int | None = None,
-) -> tuple[list[list[int]], set[int]]:
-    """This rank's share of an epoch's rows, step after step, and the positions (in the
-    returned list) of padding rows, whose loss is not counted.
-
-    Step k trains on global rows [k*G, (k+1)*G) for G = rows_per_step whatever the number of
-    processes, so one process with G rows per step follows the same loss curve as G processes
-    with one row each. Within a step the rows are dealt out longest first, snake order, so the
-    ranks get similar token counts. The last step is filled up with copies of the first rows,
-    marked as padding: every rank runs the same number of steps (FSDP needs each to join every
-    collective) and nothing is counted twice.
-    """
-    per_rank = rows_per_step // world_size
-    steps = math.ceil(len(rows) / rows_per_step) if rows else 0
-    steps = min(steps, max_steps) if max_steps is not None else steps
-    mine: list[list[int]] = []
-    padding: set[int] = set()
-    for k in range(steps):
-        group = [(k * rows_per_step + j) for j in range(rows_per_step)]
-        size = lambda g: sum(lengths[i] for i in rows[g % len(rows)])  # noqa: E731
-        ordered = sorted(group, key=lambda g: (-size(g), g))
-        for j, g in enumerate(ordered):
-            lap, pos = divmod(j, world_size)
-            if (pos if lap % 2 == 0 else world_size - 1 - pos) != rank:
-                continue
-            if g >= len(rows):
-                padding.add(len(mine))
-            mine.append(rows[g % len(rows)])
-    assert len(mine) == steps * per_rank
-    return mine, padding
 
 
 class PackedRows(Dataset):

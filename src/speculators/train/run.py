@@ -33,18 +33,11 @@ from speculators.models.verifier import load_verifier_config
 from speculators.peers import peer_failed
 from speculators.train.build import VERIFIER_FLAG, build_model, place_model, targets_to
 from speculators.train.checks import check_complete, check_layers, check_outputs, check_verifier
-from speculators.train.data import (
-    DataIndex,
-    PackedRows,
-    epoch_rows,
-    index_data,
-    make_loader,
-    pack,
-    rank_rows,
-)
+from speculators.train.data import DataIndex, PackedRows, index_data, make_loader
 from speculators.train.distributed import Parallel, init, parallelize, teardown
 from speculators.train.launch import under_torchrun, worker_config
 from speculators.train.loggers import MetricLoggers
+from speculators.train.packing import epoch_rows, pack, rank_rows
 from speculators.train.resume import (
     choose_start,
     data_digest,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from speculators.train.data import rank_rows
+from speculators.train.packing import rank_rows
 
 
 def test_rows_are_shared_evenly_and_balanced():
