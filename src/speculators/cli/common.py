@@ -132,7 +132,15 @@ def with_config_file(
     if path is None:
         return values
     given = {k: v for k, v in values.items() if _from_command_line(ctx, k)}
-    return _read_config_file(path) | given
+    settings = _read_config_file(path)
+    unknown = [k for k in settings if k not in values]
+    if unknown:
+        example = next(k for k in values if "_" in k)
+        fail(
+            f"--config {path}: unknown setting {unknown[0]!r}. Its keys are this command's "
+            f"flags with _ for - ({example} for --{example.replace('_', '-')}; see --help)."
+        )
+    return settings | given
 
 
 def _from_command_line(ctx: typer.Context, name: str) -> bool:

@@ -43,3 +43,16 @@ def test_reference_flags_and_defaults():
 def test_the_verifier_is_required():
     res = CliRunner().invoke(app, ["train"])
     assert res.exit_code == 2 and "--verifier-name-or-path" in res.output
+
+
+def test_a_config_file_with_a_key_that_is_no_setting_names_it(tmp_path):
+    """Keys are the flags' own names; a misspelt one is refused by name, for train and datagen
+    alike (one reader of --config files), before anything starts."""
+    for command, known in (("train", "verifier_name_or_path"), ("datagen", "target_model_path")):
+        path = tmp_path / f"{command}.json"
+        path.write_text(f'{{"{known}": "m", "total-seq-len": 4096}}')
+        res = CliRunner().invoke(app, [command, "--config", str(path)])
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2, res.output
+        assert f"--config {path}: unknown setting 'total-seq-len'" in text
+        assert f"{known} for --{known.replace('_', '-')}" in text
