@@ -5,6 +5,7 @@ flag, not a traceback after an epoch of training."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from speculators.errors import UserInputError
@@ -36,6 +37,14 @@ def check_output_dir(path: Path, flag: str, shown: Path | None = None) -> None:
             f"{flag} {shown or path}: {existing} is not writable by this user (or is on a "
             "read-only file system). Pass a location you may write to, or fix its permissions."
         )
+    if existing != where:  # what access() cannot tell (root on /proc, say): try, leave nothing
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".speculators-probe-", dir=existing))
+        except OSError as e:
+            raise UserInputError(
+                f"{flag} {shown or path}: cannot create it ({e.strerror} in {existing}). Pass a "
+                "location you may write to."
+            ) from None
 
 
 def check_output_file(path: Path, flag: str) -> None:

@@ -101,13 +101,7 @@ def run_pipeline(config: PipelineConfig, view: PipelineView | None = None) -> Pi
     configs = config.stage_configs()
     check_ownership(config)
     root = config.output_dir
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserInputError(
-            f"--output-dir {root}: cannot create it ({e.strerror}). Pass a directory you can "
-            "write to."
-        ) from None
+    root.mkdir(parents=True, exist_ok=True)
     state_path = root / STATE_FILE
     state = _load_state(state_path)
     if not state:

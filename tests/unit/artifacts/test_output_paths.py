@@ -5,6 +5,7 @@ the flag."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +41,9 @@ def test_an_unwritable_dir(tmp_path):
     locked.mkdir(mode=0o500)
     with pytest.raises(UserInputError, match="--output-path .*locked is not writable"):
         check_output_dir(locked / "vocab", "--output-path")
+
+
+def test_a_dir_that_cannot_be_created_whatever_access_says():
+    """/proc takes no new directories, for root too, though access() says it may be written."""
+    with pytest.raises(UserInputError, match=r"--save-path /proc/speculators-x/y: cannot create"):
+        check_output_dir(Path("/proc/speculators-x/y"), "--save-path")
