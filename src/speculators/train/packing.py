@@ -33,21 +33,25 @@ def pack(
     if packing == "next-fit":
         return _next_fit(indices, lengths, total_seq_len)
     rows: list[list[int]] = []
-    open_rows: list[tuple[list[int], list[int]]] = []  # ([tokens used], documents)
+    open_rows: list[list[int]] = []  # documents, oldest row first
+    room: list[int] = []  # tokens still free in each open row
     for i in indices:
         n = min(lengths[i], total_seq_len)
-        for r, (used, docs) in enumerate(open_rows):
-            if used[0] + n <= total_seq_len:
-                used[0] += n
-                docs.append(i)
-                if used[0] == total_seq_len:
-                    rows.append(open_rows.pop(r)[1])
+        for r, free in enumerate(room):
+            if n <= free:
+                open_rows[r].append(i)
+                room[r] -= n
+                if room[r] == 0:
+                    rows.append(open_rows.pop(r))
+                    room.pop(r)
                 break
         else:
-            open_rows.append(([n], [i]))
+            open_rows.append([i])
+            room.append(total_seq_len - n)
             if len(open_rows) > OPEN_ROWS:
-                rows.append(open_rows.pop(0)[1])
-    return rows + [docs for _, docs in open_rows]
+                rows.append(open_rows.pop(0))
+                room.pop(0)
+    return rows + open_rows
 
 
 def _next_fit(indices: list[int], lengths: list[int], total_seq_len: int) -> list[list[int]]:
