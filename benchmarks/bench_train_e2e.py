@@ -176,11 +176,11 @@ def main() -> None:
     # Bytes per token from the first real files (read before the eviction below).
     first = [p for p in sorted(data.glob("data_*.pt"))[:64] if not p.is_symlink()]
     tokens = sum(torch.load(p, weights_only=True)["input_ids"].numel() for p in first)
-    args.bytes_per_token = sum(p.stat().st_size for p in first) / tokens
+    bytes_per_token = sum(p.stat().st_size for p in first) / tokens
     files, size = evict(data) if args.cold else (0, 0)
     print(
         f"setup: {time.perf_counter() - t0:.1f} s ({total} samples, {real} files; "
-        f"{args.bytes_per_token / 1024:.1f} KiB per token; evicted {files} files, "
+        f"{bytes_per_token / 1024:.1f} KiB per token; evicted {files} files, "
         f"{size / 2**30:.1f} GiB)",
         flush=True,
     )
@@ -201,10 +201,16 @@ def main() -> None:
     t1 = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t1
-    report(logs / "bench" / "metrics.jsonl", save / "0", args, wall)
+    report(logs / "bench" / "metrics.jsonl", save / "0", args, wall, bytes_per_token)
 
 
-def report(metrics_file: Path, checkpoint: Path, args: argparse.Namespace, wall: float) -> None:
+def report(
+    metrics_file: Path,
+    checkpoint: Path,
+    args: argparse.Namespace,
+    wall: float,
+    bytes_per_token: float,
+) -> None:
     lines = [json.loads(x) for x in metrics_file.read_text().splitlines()]
     steps = [x for x in lines if "train/tokens_per_s" in x]
     steady = steps[args.warmup :] or steps
@@ -221,7 +227,7 @@ def report(metrics_file: Path, checkpoint: Path, args: argparse.Namespace, wall:
         "hidden_states_dtype": args.hidden_states_dtype,
         "cold": args.cold,
         "train_args": args.train_args,
-        "bytes_per_token": round(args.bytes_per_token),
+        "bytes_per_token": round(bytes_per_token),
         "steps": len(steps),
         "steady_tokens_per_s_median": statistics.median(rates),
         "steady_tokens_per_s_incl_data_wait": sum(tokens) / sum(step_s),
