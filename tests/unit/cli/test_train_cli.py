@@ -56,3 +56,9 @@ def test_a_config_file_with_a_key_that_is_no_setting_names_it(tmp_path):
         assert res.exit_code == 2, res.output
         assert f"--config {path}: unknown setting 'total-seq-len'" in text
         assert f"{known} for --{known.replace('_', '-')}" in text
+
+
+def test_an_unknown_packing_is_refused_by_flag():
+    res = CliRunner().invoke(app, ["train", "--verifier-name-or-path", "m", "--packing", "best"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "--packing" in text and "'first-fit' or 'next-fit'" in text
