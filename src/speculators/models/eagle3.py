@@ -64,13 +64,23 @@ def draft_layer_config(verifier_config: Any, num_layers: int) -> LlamaConfig:
     return config
 
 
+# The first layer's (q, k, v) projections of the token embeddings, each [B, T, out], not rotated.
+QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 class KVContext(Protocol):
-    """Decides which keys a query sees. Gets rotated q [B, nh, T, D], k/v [B, nkv, T, D]."""
+    """Decides which keys a query sees (gets rotated q [B, nh, T, D], k/v [B, nkv, T, D]), and
+    where the first layer's token projections of a call come from."""
 
     def attend(
         self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
         """Return the attention output [B, nh, T, D]."""
+        ...
+
+    def token_qkv(self, layer_idx: int, compute: Callable[[], QKV]) -> QKV:
+        """This call's token projections: `compute()`, or the same numbers known another way
+        (training-time test shifts the first step's)."""
         ...
 
 
@@ -96,6 +106,9 @@ class DecodeCache:
         for store in (self.keys, self.values):
             for i in store:
                 store[i] = store[i][:, :, :length]
+
+    def token_qkv(self, layer_idx: int, compute: Callable[[], QKV]) -> QKV:
+        return compute()
 
     def attend(
         self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
@@ -127,16 +140,33 @@ class Eagle3Attention(nn.Module):
         self.v_proj = nn.Linear(input_size, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
+    def project_first(self, x_BTE: torch.Tensor) -> QKV:
+        """(q, k, v) projections [B, T, out] of the input's first E features alone (the fused
+        layer's embedding half), not rotated."""
+        e = x_BTE.shape[-1]
+        return tuple(F.linear(x_BTE, p.weight[:, :e]) for p in self._projections())  # type: ignore[return-value]
+
     def qkv(
-        self, x_BTI: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]
+        self,
+        x_BTI: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        first: QKV | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Projected, rotated q [B, nh, T, D] and k, v [B, nkv, T, D]."""
-        b, t, _ = x_BTI.shape
-        q = self.q_proj(x_BTI).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x_BTI).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x_BTI).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        """Projected, rotated q [B, nh, T, D] and k, v [B, nkv, T, D]. `x` holds the input's
+        last features (all of them without `first`); `first`: `project_first` of the rest."""
+        b, t, n = x_BTI.shape
+        skip = self.q_proj.in_features - n
+        q, k, v = (F.linear(x_BTI, p.weight[:, skip:]) for p in self._projections())
+        if first is not None:
+            q, k, v = q + first[0], k + first[1], v + first[2]
+        q = q.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, *cos_sin)
         return q, k, v
+
+    def _projections(self) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+        return self.q_proj, self.k_proj, self.v_proj
 
     def out(self, attn_BHTD: torch.Tensor) -> torch.Tensor:
         b, _, t, _ = attn_BHTD.shape
@@ -171,25 +201,30 @@ class Eagle3DecoderLayer(nn.Module):
         cos_sin: tuple[torch.Tensor, torch.Tensor],
         kv: KVContext,
     ) -> torch.Tensor:
-        q, k, v, residual = self.before_attention(hidden_BTH, embeds_BTH, cos_sin)
-        return self.after_attention(kv.attend(self.self_attn.layer_idx, q, k, v), residual)
+        i = self.self_attn.layer_idx
+        first = kv.token_qkv(i, lambda: self.token_qkv(embeds_BTH)) if self.fused_input else None
+        q, k, v, residual = self.before_attention(hidden_BTH, first, cos_sin)
+        return self.after_attention(kv.attend(i, q, k, v), residual)
 
-    # The layer in two pure pieces around the (stateful) attention call, so that each can be
+    # The layer in pure pieces around the (stateful) context calls, so that each can be
     # compiled on its own: training fuses their element-wise work (norms, rotary, SiLU).
+    def token_qkv(self, embeds_BTH: torch.Tensor) -> QKV:
+        """The fused layer's (q, k, v) projections of its input's embedding half: the only
+        part of it that depends on the tokens alone."""
+        return self.self_attn.project_first(self.input_layernorm(embeds_BTH))
+
     def before_attention(
         self,
         hidden_BTH: torch.Tensor,
-        embeds_BTH: torch.Tensor,
+        token_qkv: QKV | None,
         cos_sin: tuple[torch.Tensor, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(q, k, v, residual) of this layer's input."""
+        """(q, k, v, residual) of this layer's input; the fused layer's embedding half comes
+        projected (`token_qkv`)."""
         if self.fused_input:
             residual = self.hidden_norm(hidden_BTH)
-            x = torch.cat([self.input_layernorm(embeds_BTH), residual], dim=-1)
-        else:
-            residual = hidden_BTH
-            x = self.input_layernorm(hidden_BTH)
-        return (*self.self_attn.qkv(x, cos_sin), residual)
+            return (*self.self_attn.qkv(residual, cos_sin, token_qkv), residual)
+        return (*self.self_attn.qkv(self.input_layernorm(hidden_BTH), cos_sin), hidden_BTH)
 
     def after_attention(self, attn_BHTD: torch.Tensor, residual_BTH: torch.Tensor) -> torch.Tensor:
         residual = residual_BTH + self.self_attn.out(attn_BHTD)

@@ -10,13 +10,14 @@ attention with a block-sparse mask (GPU; torch.compile'd so that masked blocks a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-from speculators.models.eagle3 import repeat_kv
+from speculators.models.eagle3 import QKV, repeat_kv
 
 AttentionImpl = Literal["dense", "flex"]
 
@@ -58,7 +59,17 @@ def flex_ttt_block_mask(doc_ids_BT: torch.Tensor, step: int) -> Any:
 
 class TTTAttention:
     """The KVContext of one training batch. Step 0 calls store the base keys of each layer;
-    later calls (one per layer per step) append that step's diagonal keys."""
+    later calls (one per layer per step) append that step's diagonal keys.
+
+    Token projections: step s at row position i reads token i+1+s, which is step 0's token at
+    position i+s, so the first layer's projections of the token embeddings are computed at
+    step 0 only and read shifted by s rows after (two thirds of that half of its products
+    saved at 3 steps). Where i+1+s lies outside i's document, step s reads another document's
+    token (or a wrapped one) where it used to read token 0: such a position is scored at no
+    step from s on (its target lies outside the document too), and what it computes reaches
+    no other position (its keys from step s on are diagonal: seen by itself alone), so the
+    loss and every gradient are unchanged.
+    """
 
     def __init__(self, doc_ids_BT: torch.Tensor, impl: AttentionImpl = "dense") -> None:
         self.doc_ids_BT = doc_ids_BT
@@ -66,12 +77,20 @@ class TTTAttention:
         self.keys: dict[int, list[torch.Tensor]] = {}
         self.values: dict[int, list[torch.Tensor]] = {}
         self._masks: dict[int, Any] = {}
+        self._token_qkv: dict[int, QKV] = {}
 
     def _mask(self, step: int) -> Any:
         if step not in self._masks:
             build = dense_ttt_mask if self.impl == "dense" else flex_ttt_block_mask
             self._masks[step] = build(self.doc_ids_BT, step)
         return self._masks[step]
+
+    def token_qkv(self, layer_idx: int, compute: Callable[[], QKV]) -> QKV:
+        step = len(self.keys.get(layer_idx, ()))
+        if step == 0:
+            self._token_qkv[layer_idx] = compute()
+        first = self._token_qkv[layer_idx]
+        return first if step == 0 else tuple(x.roll(-step, dims=1) for x in first)  # type: ignore[return-value]
 
     def attend(
         self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor

@@ -4,53 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig
+from random_draft import build, loss_and_grads
 
-from speculators.models.eagle3 import Eagle3Draft, draft_layer_config
 from speculators.train.compiled import compile_draft
-from speculators.train.step import VerifierTargets, ttt_forward
-
-VERIFIER = LlamaConfig(
-    hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-    vocab_size=300, num_hidden_layers=4, head_dim=16,
-)  # fmt: skip
-
-
-def build(device: str, num_layers: int) -> tuple[Eagle3Draft, VerifierTargets, dict]:
-    torch.manual_seed(0)
-    vd, h, t = 100, VERIFIER.hidden_size, 128
-    model = Eagle3Draft(draft_layer_config(VERIFIER, num_layers), vd, 3, h)
-    target_ids = torch.randperm(VERIFIER.vocab_size)[:vd].sort().values
-    model.d2t.copy_(target_ids - torch.arange(vd))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    targets = VerifierTargets.from_verifier(
-        torch.rand(h, device=device) + 0.5,
-        torch.randn(VERIFIER.vocab_size, h, device=device),
-        1e-5,
-        target_ids.to(device),
-    )
-    doc = torch.tensor([[0] * 40 + [1] * 50 + [-1] * 38])
-    pos = torch.cat([torch.arange(40), torch.arange(50), torch.zeros(38, dtype=torch.long)])
-    batch = {
-        "input_ids": torch.randint(0, VERIFIER.vocab_size, (1, t)),
-        "loss_mask": (torch.rand(1, t) > 0.2).long(),
-        "doc_ids": doc,
-        "position_ids": pos[None],
-        "aux_hidden_states": torch.randn(1, t, 3 * h),
-        "last_hidden_state": torch.randn(1, t, h),
-    }
-    return model.to(device), targets, {k: v.to(device) for k, v in batch.items()}
-
-
-def loss_and_grads(model, targets, batch, compiled: bool, impl: str = "dense"):
-    model.zero_grad()
-    loss, metrics = ttt_forward(model, batch, targets, 3, 0.8, impl, compiled)  # type: ignore[arg-type]
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return loss.detach(), metrics.totals(), grads
-
 
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_compiled_pieces_trace_whole_and_match_eager(num_layers):
@@ -61,7 +17,8 @@ def test_compiled_pieces_trace_whole_and_match_eager(num_layers):
     want = loss_and_grads(model, targets, batch, compiled=False)
     torch._dynamo.reset()
     for layer in model.layers:
-        for name in ("before_attention", "after_attention"):
+        pieces = ("token_qkv",) if layer.fused_input else ()
+        for name in (*pieces, "before_attention", "after_attention"):
             fn = getattr(layer, name)
             setattr(layer, name, torch.compile(fn, backend="aot_eager", fullgraph=True))
     got = loss_and_grads(model, targets, batch, compiled=False)

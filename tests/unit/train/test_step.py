@@ -110,3 +110,34 @@ def test_rows_of_a_batch_are_independent(setup):
         expected = [a + b for a, b in zip(per_row[0][name], per_row[1][name])]
         assert values == pytest.approx(expected, rel=1e-5), name
     assert both["scored"][0] > 0
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_shifted_token_projections_give_what_recomputing_them_gives(monkeypatch, num_layers):
+    """TTT computes the first layer's token projections at step 0 and reads them shifted by s
+    rows at step s. Recomputed from each step's own (masked) tokens, as decoding does, the
+    loss, metrics and every gradient are the same, on two rows of two documents and padding."""
+    from random_draft import build, loss_and_grads
+
+    from speculators.train import step as step_module
+    from speculators.train.attention import TTTAttention
+
+    model, targets, one = build("cpu", num_layers)
+    other_doc = torch.tensor([[0] * 70 + [1] * 55 + [-1] * 3])
+    other_pos = torch.cat([torch.arange(70), torch.arange(55), torch.zeros(3, dtype=torch.long)])
+    batch = {k: torch.cat([v, v.roll(17, dims=1)]) for k, v in one.items()}
+    batch["doc_ids"][1], batch["position_ids"][1] = other_doc[0], other_pos
+    shifted = loss_and_grads(model, targets, batch, compiled=False)
+
+    class Recomputed(TTTAttention):
+        def token_qkv(self, layer_idx, compute):
+            return compute()
+
+    monkeypatch.setattr(step_module, "TTTAttention", Recomputed)
+    recomputed = loss_and_grads(model, targets, batch, compiled=False)
+    torch.testing.assert_close(shifted[0], recomputed[0])
+    for name, values in recomputed[1].items():
+        assert shifted[1][name] == pytest.approx(values, rel=1e-5), name
+    assert recomputed[2].keys() == shifted[2].keys() and "layers.0.self_attn.q_proj.weight" in shifted[2]
+    for name, grad in recomputed[2].items():
+        torch.testing.assert_close(shifted[2][name], grad, rtol=1e-5, atol=1e-6, msg=name)
