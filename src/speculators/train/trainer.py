@@ -24,6 +24,7 @@ from speculators.errors import UserInputError, compile_errors, compile_failure
 from speculators.models.eagle3 import Eagle3Draft
 from speculators.train.attention import AttentionImpl
 from speculators.train.compiled import compile_draft
+from speculators.train.compute_copies import ComputeCopies
 from speculators.train.distributed import Parallel, reduce_metrics
 from speculators.train.divergence import check_finite, diverged
 from speculators.train.loss import ArgmaxOver, TTTMetrics
@@ -96,6 +97,11 @@ class Trainer:
         )
         if o.compile:
             compile_draft(self.model)
+        # One GPU: bf16 copies of the parameters once per micro-batch (several GPUs: FSDP's
+        # mixed precision does the same).
+        self._copies: ComputeCopies | None = None
+        if self.device.type == "cuda" and self.parallel.world_size == 1:
+            self._copies = ComputeCopies(self.model, torch.bfloat16)
 
     @property
     def is_main(self) -> bool:
@@ -155,13 +161,16 @@ class Trainer:
         metrics, loss_sum = TTTMetrics(o.ttt_steps), torch.zeros((), device=self.device)
         for one in micro:
             try:
-                loss, m = self._forward(one, accuracy)
-                # Each row weighs the same; ranks are averaged by FSDP's gradient reduction.
-                (loss / len(micro)).backward()
+                with self._copies or contextlib.nullcontext():
+                    loss, m = self._forward(one, accuracy)
+                    # Each row weighs the same; ranks are averaged by FSDP's gradient reduction.
+                    (loss / len(micro)).backward()
             except compile_errors() as e:
                 if not o.compile:
                     raise
                 raise compile_failure(e, "the draft", "about 1.3x slower") from None
+            if self._copies:
+                self._copies.collect_grads()
             metrics.merge(m)
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(
