@@ -11,6 +11,7 @@ then timed `Trainer.train_step` calls (forward with TTT, backward, clip, AdamW).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import gzip
 import json
 import shutil
@@ -86,6 +87,11 @@ def main() -> None:
         type=Path,
         help="also profile 2 steps: kernel table to FILE, Chrome trace beside it (.trace.json.gz)",
     )
+    p.add_argument(
+        "--dump-stacks-every",
+        type=float,
+        help="print every thread's Python stack to stderr every S seconds (a step that seems stuck)",
+    )
     p.add_argument("--peak-tflops", type=float, default=780.0, help="for MFU (H200 bf16: ~780)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--attention", choices=["dense", "flex"], default=None)
@@ -102,6 +108,8 @@ def main() -> None:
         "draft vocab (speculators 0.9.0's)",
     )
     args = p.parse_args()
+    if args.dump_stacks_every:
+        faulthandler.dump_traceback_later(args.dump_stacks_every, repeat=True)
 
     device = torch.device(args.device)
     cfg = verifier_config(args.config)

@@ -10,6 +10,8 @@
 #   peer   the pure step against speculators 0.9.0's (../shared/peer), interleaved, two rounds:
 #          the peer's work (lm_head frozen, draft-vocab accuracy every step) and our defaults;
 #          then rows of 16384 (needs the peer wheels and step script in .peer-whl)
+#   profile  the pure step's kernel table (the peer's work), then rows of 16384 alone, with
+#          recompiles logged and Python stacks every 60 s
 #   vllm   `speculators regenerate` with vLLM and with transformers on SmolLM2 and ShareGPT rows,
 #          kill -9 and resume (issue 17); datagen bf16 against fp8 on the 8B shape (issue 19)
 #          (needs vLLM and SmolLM2 set up: SMOLLM2, DATA)
@@ -60,6 +62,13 @@ if [ "$GROUP" = peer ]; then
         part ours-defaults-8192-$r 120 $T --total-seq-len 8192 --steps 20
     done
     part ours-defaults-16384 200 $T --total-seq-len 16384 --steps 10
+fi
+if [ "$GROUP" = profile ]; then
+    T="$PY benchmarks/bench_train.py --config llama-3.1-8b"
+    part prof-peer-work-8192 170 $T --total-seq-len 8192 --steps 10 --metrics-every 1 \
+        --accuracy-over draft --profile "$LOGS/prof-peer-work-8192.txt"
+    part rows-16384 360 env TORCH_LOGS=recompiles,graph_breaks $T --total-seq-len 16384 \
+        --steps 5 --dump-stacks-every 60
 fi
 if [ "$GROUP" = vllm ]; then
     part regenerate 300 "$PY" benchmarks/bench_regenerate.py --model "$SMOLLM2" --data "$DATA" \
