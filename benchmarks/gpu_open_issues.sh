@@ -58,10 +58,12 @@ if [ "$GROUP" = peer ]; then
     T="$PY benchmarks/bench_train.py --config llama-3.1-8b"
     for r in 1 2; do
         part peer-8192-$r 180 env T=8192 $PEER
-        part ours-peer-work-8192-$r 150 $T --total-seq-len 8192 --steps 20 --metrics-every 1 --accuracy-over draft
+        prof=(); [ $r = 2 ] && prof=(--profile "$LOGS/prof-peer-work-8192.txt")
+        part ours-peer-work-8192-$r 150 $T --total-seq-len 8192 --steps 20 --metrics-every 1 --accuracy-over draft "${prof[@]}"
         part ours-defaults-8192-$r 120 $T --total-seq-len 8192 --steps 20
     done
-    part ours-defaults-16384 200 $T --total-seq-len 16384 --steps 10
+    part ours-defaults-16384 150 $T --total-seq-len 16384 --steps 10
+    part gpu-tests 120 "$PY" -m pytest -q -x -p no:cacheprovider -m "gpu" tests/unit/train tests/integration/test_train_gpu.py
 fi
 if [ "$GROUP" = profile ]; then
     T="$PY benchmarks/bench_train.py --config llama-3.1-8b"
