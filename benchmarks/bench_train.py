@@ -1,7 +1,8 @@
 """Pure training-step throughput of the EAGLE-3 draft on synthetic packed rows.
 
 No data loading, no checkpoints: random verifier head and hidden states of the right shapes,
-then timed `Trainer.train_step` calls (forward with TTT, backward, clip, AdamW).
+then timed optimizer steps (forward with TTT, backward, clip, AdamW), queued and read as
+`Trainer.train` does (one step in flight).
 
     python benchmarks/bench_train.py --config tiny --total-seq-len 1024          # CPU-sized
     python benchmarks/bench_train.py --config llama-3.1-8b --total-seq-len 8192  # one GPU
@@ -144,11 +145,21 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    each = [trainer.train_step(batches[i % 2])["train/step_s"] for i in range(args.steps)]
+    # As `Trainer.train` runs them: one step in flight, step i read once step i+1 is queued.
+    start = last = time.perf_counter()
+    each, queued = [], None
+    for i in range(args.steps):
+        step = trainer.queue_step(batches[i % 2])
+        if queued is not None:
+            trainer.finish_step(queued)
+            each.append(time.perf_counter() - last)
+            last = time.perf_counter()
+        queued = step
+    trainer.finish_step(queued)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
+    each.append(time.perf_counter() - last)
     result = {
         "config": args.config,
         "device": str(device),

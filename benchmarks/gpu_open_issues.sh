@@ -10,6 +10,8 @@
 #   peer   the pure step against speculators 0.9.0's (../shared/peer), interleaved, two rounds:
 #          the peer's work (lm_head frozen, draft-vocab accuracy every step) and our defaults;
 #          then rows of 16384 (needs the peer wheels and step script in .peer-whl)
+#   e2e    the pure step (defaults), then `speculators train` end to end on the same shape: files
+#          in the page cache, then read from the disk in fp8 and bf16 (issue 16: >= 90%)
 #   profile  the pure step's kernel table (the peer's work), then rows of 16384 alone, with
 #          recompiles logged and Python stacks every 60 s
 #   vllm   `speculators regenerate` with vLLM and with transformers on SmolLM2 and ShareGPT rows,
@@ -64,6 +66,13 @@ if [ "$GROUP" = peer ]; then
     done
     part ours-defaults-16384 150 $T --total-seq-len 16384 --steps 10
     part gpu-tests 120 "$PY" -m pytest -q -x -p no:cacheprovider -m "gpu" tests/unit/train tests/integration/test_train_gpu.py
+fi
+if [ "$GROUP" = e2e ]; then
+    E="$PY benchmarks/bench_train_e2e.py --size llama-3.1-8b --work-dir $WORK/e2e"
+    part pure-defaults-8192 110 $PY benchmarks/bench_train.py --config llama-3.1-8b --total-seq-len 8192 --steps 20
+    part e2e-defaults 150 $E --steps 40 --warmup 10 --real-samples 48
+    part e2e-cold-fp8 170 $E --steps 40 --warmup 10 --cold --hidden-states-dtype fp8
+    part e2e-cold-bf16 150 $E --steps 40 --warmup 10 --cold
 fi
 if [ "$GROUP" = profile ]; then
     T="$PY benchmarks/bench_train.py --config llama-3.1-8b"

@@ -60,7 +60,7 @@ def test_kill_and_resume_gives_the_same_weights_as_one_run(
     _, save_a = uninterrupted
     save_b = tmp_path / "checkpoints"
     cfg = config(tiny_llama, train_data, tiny_vocab, save_b)
-    real_step = trainer_mod.Trainer.train_step
+    real_step = trainer_mod.Trainer.queue_step
     steps_per_epoch = 3  # 9 train samples of 20-40 tokens packed into rows of 128
 
     def dies_in_epoch_2(self, batch):
@@ -68,12 +68,12 @@ def test_kill_and_resume_gives_the_same_weights_as_one_run(
             raise KeyboardInterrupt  # the process is killed mid-epoch
         return real_step(self, batch)
 
-    monkeypatch.setattr(trainer_mod.Trainer, "train_step", dies_in_epoch_2)
+    monkeypatch.setattr(trainer_mod.Trainer, "queue_step", dies_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         run_train(cfg)
     assert sorted(p.name for p in save_b.iterdir() if p.is_dir()) == ["0", "1"]
     (save_b / ".tmp-2.half-written").mkdir()  # a save that was cut off is ignored
-    monkeypatch.setattr(trainer_mod.Trainer, "train_step", real_step)
+    monkeypatch.setattr(trainer_mod.Trainer, "queue_step", real_step)
     resumed = run_train(cfg)
     assert resumed.resumed_from == save_b / "1"
     assert len(resumed.history) == 1

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from speculators.train.staged import Staged
+
 # Which verifier argmax accuracy is scored against (None: no accuracy, the loss only).
 ArgmaxOver = Literal["full", "draft"] | None
 
@@ -139,7 +141,8 @@ class TTTMetrics:
     """Sums over scored positions, per TTT step; add batches, then read `summary()`.
 
     `add_step` keeps its sums on the device: reading them would make the host wait for the GPU
-    in the middle of a step. They are fetched all at once (one synchronisation) when first read.
+    in the middle of a step. They are fetched all at once when first read; `stage()` starts
+    that copy early, so that the read waits for them alone, not for the steps queued after.
     Accuracy and the acceptance chain count only the steps that measured them (`correct_N`
     given): training measures them on every `--metrics-every`-th step, validation always.
     """
@@ -149,6 +152,8 @@ class TTTMetrics:
         self._totals = {name: [0.0] * num_steps for name in _SUMS}
         self._tokens = 0
         self._pending: list[tuple[int, torch.Tensor]] = []  # (step or -1 for tokens, values)
+        self._staged: Staged | None = None  # the first _staged_count of _pending, on their way
+        self._staged_count = 0
         self.add_tokens(num_tokens)
 
     def add_tokens(self, num_tokens: int | torch.Tensor) -> None:
@@ -176,10 +181,19 @@ class TTTMetrics:
         values = [kl_N.detach().double() * w, w, right, acc_scored, chain_num, chain_den]
         self._pending.append((s, torch.stack([v.double().sum() for v in values])))
 
+    def stage(self) -> None:
+        """Start copying the sums added so far to the host; reading them later waits for
+        them alone (not for whatever the GPU was given after)."""
+        if self._pending and self._staged_count != len(self._pending):
+            self._staged = Staged(torch.cat([v for _, v in self._pending]))
+            self._staged_count = len(self._pending)
+
     def _flush(self) -> None:
         if not self._pending:
             return
-        values = torch.cat([v.cpu() for _, v in self._pending]).tolist()  # one sync per device
+        self.stage()
+        assert self._staged is not None
+        values = self._staged.tolist()
         i = 0
         for s, v in self._pending:
             if s < 0:
@@ -188,7 +202,7 @@ class TTTMetrics:
                 for name, x in zip(_SUMS, values[i : i + len(_SUMS)]):
                     self._totals[name][s] += x
             i += v.numel()
-        self._pending = []
+        self._pending, self._staged, self._staged_count = [], None, 0
 
     def totals(self) -> dict[str, list[float]]:
         """The sums per TTT step, by name (loss_sum, scored, correct, chain_num, chain_den)."""

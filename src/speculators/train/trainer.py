@@ -29,6 +29,7 @@ from speculators.train.distributed import Parallel, reduce_metrics
 from speculators.train.divergence import check_finite, diverged
 from speculators.train.loss import ArgmaxOver, TTTMetrics
 from speculators.train.prefetch import prefetch_to_device
+from speculators.train.staged import Staged
 from speculators.train.step import VerifierTargets, ttt_forward
 
 
@@ -64,6 +65,18 @@ class TrainerOptions:
     compile: bool = False  # torch.compile the draft's layers and loss (GPU runs)
     metrics_every: int = 1  # accuracy metrics on every N-th step (the others: loss only)
     accuracy_over: ArgmaxOver = "full"  # the verifier's vocab accuracy is scored in (SPEC §3)
+
+
+@dataclass
+class QueuedStep:
+    """An optimizer step given to the GPU; its numbers are still on their way."""
+
+    step: int  # the global step count once it is done
+    rows: int  # micro-batches
+    scalars: Staged  # its loss (summed over micro-batches) and gradient norm
+    metrics: TTTMetrics
+    lr: float  # the learning rate it ran with
+    started: float  # perf_counter() when it was queued
 
 
 @dataclass
@@ -148,7 +161,13 @@ class Trainer:
 
     def train_step(self, batch: dict[str, Any] | list[dict[str, Any]]) -> dict[str, float]:
         """One optimizer step on one batch, or on a list of micro-batches (gradients of their
-        mean loss); returns this step's metrics, summed over all ranks."""
+        mean loss); returns this step's metrics, summed over all ranks (waits for the GPU)."""
+        return self.finish_step(self.queue_step(batch))
+
+    def queue_step(self, batch: dict[str, Any] | list[dict[str, Any]]) -> QueuedStep:
+        """Give the GPU one optimizer step (see `train_step`) without waiting for it: its
+        numbers are read by `finish_step`, which `train` calls once the next step is queued,
+        so that the GPU never idles while the host reads a step's loss."""
         start = time.perf_counter()
         o = self.options
         self.model.train()
@@ -157,7 +176,7 @@ class Trainer:
         # measured on a fixed share of steps (the first of each run of metrics_every).
         accuracy = self.global_step % o.metrics_every == 0
         self.optimizer.zero_grad(set_to_none=True)
-        # Nothing in the loop reads a number off the GPU, so the host queues work ahead of it.
+        # Nothing here reads a number off the GPU, so the host queues work ahead of it.
         metrics, loss_sum = TTTMetrics(o.ttt_steps), torch.zeros((), device=self.device)
         for one in micro:
             try:
@@ -179,17 +198,27 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.global_step += 1
-        # The step's one sync; the loss and grad norm it reads are the same on every rank.
-        total_loss, rows = self.parallel.sum([float(loss_sum), float(len(micro))])
-        norm = float(grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor (its reduction is queued)
+            grad_norm = grad_norm.full_tensor()
+        metrics.stage()
+        scalars = Staged(torch.stack([loss_sum.float(), grad_norm.float()]))
+        lr = float(self.scheduler.get_last_lr()[0])
+        return QueuedStep(self.global_step, len(micro), scalars, metrics, lr, start)
+
+    def finish_step(self, queued: QueuedStep, since: float | None = None) -> dict[str, float]:
+        """The metrics of a queued step, once the GPU has done it (summed over all ranks);
+        `train/step_s` is the time since `since` (default: since the step was queued)."""
+        loss_sum, norm = queued.scalars.tolist()
+        # The loss and grad norm read here are the same on every rank.
+        total_loss, rows = self.parallel.sum([loss_sum, float(queued.rows)])
         if not (math.isfinite(total_loss) and math.isfinite(norm)):
             raise diverged(self, f"the loss is {total_loss / rows:g} (gradient norm {norm:g})")
-        metrics = reduce_metrics(metrics, self.parallel)
+        metrics = reduce_metrics(queued.metrics, self.parallel)
         out = metrics.summary("train/")
         out["train/loss"] = total_loss / rows
         out["train/grad_norm"] = norm
-        out["train/lr"] = float(self.scheduler.get_last_lr()[0])
-        out["train/step_s"] = time.perf_counter() - start
+        out["train/lr"] = queued.lr
+        out["train/step_s"] = time.perf_counter() - (queued.started if since is None else since)
         out["train/tokens_per_s"] = metrics.num_tokens / out["train/step_s"]
         if self.device.type == "cuda":
             out["train/peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
@@ -278,6 +307,16 @@ class Trainer:
             group["initial_lr"], group["lr"] = lr, lr * factor
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # type: ignore[attr-defined]
 
+    def _report(self, queued: QueuedStep, data_wait: float, since: float) -> float:
+        """Finish a queued step of `train`; log it. Its step_s is the time since the step
+        before it was reported: in a steady run, the time per step, waits included."""
+        step_metrics = self.finish_step(queued, since)
+        step_metrics["train/data_wait_s"] = data_wait
+        self.epoch_metrics.merge(self._last_metrics)
+        if self.on_step:
+            self.on_step(queued.step, step_metrics)
+        return time.perf_counter()
+
     def train(
         self,
         train_batches: Callable[[int], Iterable[dict[str, Any] | list[dict[str, Any]]]],
@@ -285,19 +324,24 @@ class Trainer:
     ) -> list[dict[str, float]]:
         """Run the remaining epochs; after each, validate and save. Returns epoch summaries."""
         while self.epoch < self.options.epochs:
-            epoch_metrics = TTTMetrics(self.options.ttt_steps)
+            self.epoch_metrics = epoch_metrics = TTTMetrics(self.options.ttt_steps)
             start = time.perf_counter()
             batches = prefetch_to_device(train_batches(self.epoch), self.device)
-            wait_start = time.perf_counter()
+            # One step in flight: step i's numbers are read once step i+1 is queued, so the
+            # GPU has work while the host reads them (and while it waits for the loader).
+            queued: tuple[QueuedStep, float] | None = None
+            last = wait_start = time.perf_counter()
             for batch in batches:
-                # Host time spent getting this batch: the loader (and copy) not keeping up.
+                # Host time spent getting this batch: the loader (and copy) not keeping up
+                # (the GPU still has the step before it to do meanwhile).
                 data_wait = time.perf_counter() - wait_start
-                step_metrics = self.train_step(batch)
-                step_metrics["train/data_wait_s"] = data_wait
+                step = self.queue_step(batch)
+                if queued:
+                    last = self._report(*queued, last)
+                queued = (step, data_wait)
                 wait_start = time.perf_counter()
-                epoch_metrics.merge(self._last_metrics)
-                if self.on_step:
-                    self.on_step(self.global_step, step_metrics)
+            if queued:
+                self._report(*queued, last)
             summary = epoch_metrics.summary("train/")
             summary["train/tokens_per_s"] = epoch_metrics.num_tokens / (time.perf_counter() - start)
             if self.device.type == "cuda":
