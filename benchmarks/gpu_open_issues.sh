@@ -10,6 +10,8 @@
 #   peer   the pure step against speculators 0.9.0's (../shared/peer), interleaved, two rounds:
 #          the peer's work (lm_head frozen, draft-vocab accuracy every step) and our defaults;
 #          then rows of 16384 (needs the peer wheels and step script in .peer-whl)
+#   final  the peer's step and ours on its work, interleaved, two rounds; our defaults' pure step
+#          and end to end (page cache); the GPU tests with what time is left
 #   e2e    the pure step (defaults), then `speculators train` end to end on the same shape: files
 #          in the page cache, then read from the disk in fp8 and bf16 (issue 16: >= 90%)
 #   profile  the pure step's kernel table (the peer's work), then rows of 16384 alone, with
@@ -66,6 +68,21 @@ if [ "$GROUP" = peer ]; then
     done
     part ours-defaults-16384 150 $T --total-seq-len 16384 --steps 10
     part gpu-tests 120 "$PY" -m pytest -q -x -p no:cacheprovider -m "gpu" tests/unit/train tests/integration/test_train_gpu.py
+fi
+if [ "$GROUP" = final ]; then
+    P=/tmp/peer
+    "$PY" -m pip install -q --no-index --no-deps --target $P-deps $(ls .peer-whl/*.whl | grep -v '/speculators-')
+    "$PY" -m pip install -q --no-index --no-deps --target $P .peer-whl/speculators-*.whl
+    PEER="env PYTHONPATH=$P:$P-deps LOSS_IMPL=eager OUT=$LOGS $PY .peer-whl/speculators090_train_step.py"
+    T="$PY benchmarks/bench_train.py --config llama-3.1-8b --total-seq-len 8192 --steps 20"
+    for r in 1 2; do
+        part peer-8192-$r 150 env T=8192 $PEER
+        part ours-peer-work-8192-$r 80 $T --metrics-every 1 --accuracy-over draft
+    done
+    part pure-defaults-8192 70 $T
+    part e2e-defaults 150 "$PY" benchmarks/bench_train_e2e.py --size llama-3.1-8b \
+        --work-dir $WORK/e2e --steps 40 --warmup 10 --real-samples 48
+    part gpu-tests 100 "$PY" -m pytest -q -x -p no:cacheprovider -m "gpu" tests/unit/train tests/integration/test_train_gpu.py
 fi
 if [ "$GROUP" = e2e ]; then
     E="$PY benchmarks/bench_train_e2e.py --size llama-3.1-8b --work-dir $WORK/e2e"
