@@ -90,7 +90,7 @@ class TTTAttention:
         if step == 0:
             self._token_qkv[layer_idx] = compute()
         first = self._token_qkv[layer_idx]
-        return first if step == 0 else tuple(x.roll(-step, dims=1) for x in first)  # type: ignore[return-value]
+        return first if step == 0 else tuple(_ShiftRows.apply(x, step) for x in first)  # type: ignore[return-value]
 
     def attend(
         self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
@@ -107,6 +107,21 @@ class TTTAttention:
             )
         flex = _compiled_flex() if q.is_cuda else _eager_flex()
         return flex(q, k_all, v_all, block_mask=self._mask(step), enable_gqa=True)
+
+
+class _ShiftRows(torch.autograd.Function):
+    """x[:, i + n] at position i, wrapped (`x.roll(-n, dims=1)`) as two block copies each way:
+    the same numbers, without roll's per-element index arithmetic (~1 ms per 8B step)."""
+
+    @staticmethod
+    def forward(ctx: Any, x_BTF: torch.Tensor, n: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.n = n
+        return torch.cat([x_BTF[:, n:], x_BTF[:, :n]], dim=1)
+
+    @staticmethod
+    def backward(ctx: Any, grad_BTF: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        n = ctx.n
+        return torch.cat([grad_BTF[:, -n:], grad_BTF[:, :-n]], dim=1), None
 
 
 def _eager_flex() -> Any:
