@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument(
         "--dump-stacks-every",
         type=float,
-        help="print every thread's Python stack to stderr every S seconds (a step that seems stuck)",
+        help="print every thread's Python stack to stderr every S seconds (a stuck-looking step)",
     )
     p.add_argument("--peak-tflops", type=float, default=780.0, help="for MFU (H200 bf16: ~780)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

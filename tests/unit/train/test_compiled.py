@@ -8,6 +8,7 @@ from random_draft import build, loss_and_grads
 
 from speculators.train.compiled import compile_draft
 
+
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_compiled_pieces_trace_whole_and_match_eager(num_layers):
     """On CPU with the aot_eager backend: dynamo traces the layer pieces (a graph break would

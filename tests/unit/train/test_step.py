@@ -138,6 +138,7 @@ def test_shifted_token_projections_give_what_recomputing_them_gives(monkeypatch,
     torch.testing.assert_close(shifted[0], recomputed[0])
     for name, values in recomputed[1].items():
         assert shifted[1][name] == pytest.approx(values, rel=1e-5), name
-    assert recomputed[2].keys() == shifted[2].keys() and "layers.0.self_attn.q_proj.weight" in shifted[2]
+    assert recomputed[2].keys() == shifted[2].keys()
+    assert "layers.0.self_attn.q_proj.weight" in shifted[2]
     for name, grad in recomputed[2].items():
         torch.testing.assert_close(shifted[2][name], grad, rtol=1e-5, atol=1e-6, msg=name)
