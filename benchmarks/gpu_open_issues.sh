@@ -41,6 +41,13 @@ part() {  # part NAME SECONDS COMMAND...: run with a time limit (cut to the dead
     { echo "== $name: exit $rc"; grep -E '^\{' "$LOGS/$name.txt" | tail -n 3; } | tee -a "$OUT/$GROUP-summary.txt"
     [ $rc -eq 0 ] || tail -n 15 "$LOGS/$name.txt"
 }
+peer_setup() {  # speculators 0.9.0 and its wheels into /tmp/peer; PEER runs its step script
+    local p=/tmp/peer
+    "$PY" -m pip install -q --no-index --no-deps --target $p-deps $(ls .peer-whl/*.whl | grep -v '/speculators-')
+    "$PY" -m pip install -q --no-index --no-deps --target $p .peer-whl/speculators-*.whl
+    # their package is also named speculators: its own PYTHONPATH, never ours beside it
+    PEER="env PYTHONPATH=$p:$p-deps LOSS_IMPL=eager OUT=$LOGS $PY .peer-whl/speculators090_train_step.py"
+}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/$GROUP-summary.txt"
 df -h "$WORK" /dev/shm | tee -a "$OUT/$GROUP-summary.txt"
 
@@ -54,11 +61,7 @@ if [ "$GROUP" = train ]; then
     part e2e-cold-fp8 130 $E --steps 40 --warmup 10 --cold --hidden-states-dtype fp8
 fi
 if [ "$GROUP" = peer ]; then
-    P=/tmp/peer
-    "$PY" -m pip install -q --no-index --no-deps --target $P-deps $(ls .peer-whl/*.whl | grep -v '/speculators-')
-    "$PY" -m pip install -q --no-index --no-deps --target $P .peer-whl/speculators-*.whl
-    # their package is also named speculators: its own PYTHONPATH, never ours beside it
-    PEER="env PYTHONPATH=$P:$P-deps LOSS_IMPL=eager OUT=$LOGS $PY .peer-whl/speculators090_train_step.py"
+    peer_setup
     T="$PY benchmarks/bench_train.py --config llama-3.1-8b"
     for r in 1 2; do
         part peer-8192-$r 180 env T=8192 $PEER
@@ -70,10 +73,7 @@ if [ "$GROUP" = peer ]; then
     part gpu-tests 120 "$PY" -m pytest -q -x -p no:cacheprovider -m "gpu" tests/unit/train tests/integration/test_train_gpu.py
 fi
 if [ "$GROUP" = final ]; then
-    P=/tmp/peer
-    "$PY" -m pip install -q --no-index --no-deps --target $P-deps $(ls .peer-whl/*.whl | grep -v '/speculators-')
-    "$PY" -m pip install -q --no-index --no-deps --target $P .peer-whl/speculators-*.whl
-    PEER="env PYTHONPATH=$P:$P-deps LOSS_IMPL=eager OUT=$LOGS $PY .peer-whl/speculators090_train_step.py"
+    peer_setup
     T="$PY benchmarks/bench_train.py --config llama-3.1-8b --total-seq-len 8192 --steps 20"
     for r in 1 2; do
         part peer-8192-$r 150 env T=8192 $PEER
