@@ -18,7 +18,8 @@ from speculators.artifacts.checkpoint import is_complete_checkpoint
 from speculators.errors import UserInputError
 
 
-def diverged(trainer: Any, what: str) -> UserInputError:
+def diverged(trainer: Any, what: str, step: int | None = None) -> UserInputError:
+    """`step`: the global step that diverged (default: the trainer's last)."""
     o = trainer.options
     last = trainer.save_path / str(trainer.epoch - 1)
     where = (
@@ -27,7 +28,7 @@ def diverged(trainer: Any, what: str) -> UserInputError:
         else "no epoch had been saved yet"
     )
     return UserInputError(
-        f"training diverged in epoch {trainer.epoch} (step {trainer.global_step}): {what}. "
+        f"training diverged in epoch {trainer.epoch} (step {step or trainer.global_step}): {what}. "
         f"Nothing of this epoch was saved; {where}. Lower --lr (now {o.lr:g}) or "
         f"--max-grad-norm (now {o.max_grad_norm:g}) and rerun."
     )

@@ -212,7 +212,8 @@ class Trainer:
         # The loss and grad norm read here are the same on every rank.
         total_loss, rows = self.parallel.sum([loss_sum, float(queued.rows)])
         if not (math.isfinite(total_loss) and math.isfinite(norm)):
-            raise diverged(self, f"the loss is {total_loss / rows:g} (gradient norm {norm:g})")
+            what = f"the loss is {total_loss / rows:g} (gradient norm {norm:g})"
+            raise diverged(self, what, queued.step)
         metrics = reduce_metrics(queued.metrics, self.parallel)
         out = metrics.summary("train/")
         out["train/loss"] = total_loss / rows

@@ -41,3 +41,16 @@ def test_steps_in_flight_report_what_steps_one_at_a_time_do(tmp_path):
     assert len({m["train/lr"] for _, m in seen}) == 4  # each step's own learning rate
     for a, b in zip(one_at_a_time.model.parameters(), in_flight.model.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_a_diverged_step_is_named_by_its_own_number_though_the_next_is_queued(tmp_path):
+    from speculators.errors import UserInputError
+
+    model, targets, batch = build("cpu", 1)
+    batches = [dict(batch) for _ in range(4)]
+    batches[2]["aux_hidden_states"] = torch.full_like(batch["aux_hidden_states"], float("nan"))
+    run = trainer(model, targets, tmp_path)
+    run.save = lambda epoch, summary: tmp_path  # type: ignore[method-assign]
+    with pytest.raises(UserInputError, match=r"diverged in epoch 0 \(step 3\): the loss is nan"):
+        run.train(lambda epoch: iter(batches), lambda: None)
+    assert run.global_step == 4  # step 4 had been queued when step 3 was read
