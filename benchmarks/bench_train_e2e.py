@@ -215,9 +215,9 @@ def report(
     steps = [x for x in lines if "train/tokens_per_s" in x]
     steady = steps[args.warmup :] or steps
     rates = [x["train/tokens_per_s"] for x in steady]
-    # A step's step_s is the wall time since the step before it was read (the trainer keeps
-    # one step in flight): everything, waits for the loader included. data_wait_s is the
-    # host's time blocked on the loader, during which the GPU still had a step to run.
+    # A step's step_s runs from when the step before it was seen done to when it is (the
+    # trainer keeps one step in flight): waits for the loader included. data_wait_s is the
+    # host's time blocked on the loader, while the GPU still had a step to run.
     step_s = [x["train/step_s"] for x in steady]
     tokens = [x["train/tokens_per_s"] * x["train/step_s"] for x in steady]
     wait_share = sum(x["train/data_wait_s"] for x in steady) / sum(step_s)

@@ -76,7 +76,9 @@ class QueuedStep:
     scalars: Staged  # its loss (summed over micro-batches) and gradient norm
     metrics: TTTMetrics
     lr: float  # the learning rate it ran with
-    started: float  # perf_counter() when it was queued
+    started: float  # perf_counter() when queueing it began
+    queued: float  # perf_counter() when it was queued (on a CPU: done, as ops run when called)
+    done: float = 0.0  # perf_counter() when it was seen done (set by `finish_step`)
 
 
 @dataclass
@@ -203,12 +205,19 @@ class Trainer:
         metrics.stage()
         scalars = Staged(torch.stack([loss_sum.float(), grad_norm.float()]))
         lr = float(self.scheduler.get_last_lr()[0])
-        return QueuedStep(self.global_step, len(micro), scalars, metrics, lr, start)
+        return QueuedStep(
+            self.global_step, len(micro), scalars, metrics, lr, start, time.perf_counter()
+        )
 
-    def finish_step(self, queued: QueuedStep, since: float | None = None) -> dict[str, float]:
-        """The metrics of a queued step, once the GPU has done it (summed over all ranks);
-        `train/step_s` is the time since `since` (default: since the step was queued)."""
+    def finish_step(
+        self, queued: QueuedStep, previous: QueuedStep | None = None
+    ) -> dict[str, float]:
+        """The metrics of a queued step, once the GPU has done it (summed over all ranks).
+        `train/step_s`: the time from when `previous` (the step before it; default: none) was
+        seen done, or from its own start, to when it is: waits for the loader included."""
         loss_sum, norm = queued.scalars.tolist()
+        # A GPU step is done when its numbers arrive; a CPU step was done once queued.
+        queued.done = queued.queued if self.device.type == "cpu" else time.perf_counter()
         # The loss and grad norm read here are the same on every rank.
         total_loss, rows = self.parallel.sum([loss_sum, float(queued.rows)])
         if not (math.isfinite(total_loss) and math.isfinite(norm)):
@@ -219,7 +228,7 @@ class Trainer:
         out["train/loss"] = total_loss / rows
         out["train/grad_norm"] = norm
         out["train/lr"] = queued.lr
-        out["train/step_s"] = time.perf_counter() - (queued.started if since is None else since)
+        out["train/step_s"] = queued.done - (previous.done if previous else queued.started)
         out["train/tokens_per_s"] = metrics.num_tokens / out["train/step_s"]
         if self.device.type == "cuda":
             out["train/peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
@@ -308,15 +317,13 @@ class Trainer:
             group["initial_lr"], group["lr"] = lr, lr * factor
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # type: ignore[attr-defined]
 
-    def _report(self, queued: QueuedStep, data_wait: float, since: float) -> float:
-        """Finish a queued step of `train`; log it. Its step_s is the time since the step
-        before it was reported: in a steady run, the time per step, waits included."""
-        step_metrics = self.finish_step(queued, since)
+    def _report(self, queued: QueuedStep, data_wait: float, previous: QueuedStep | None) -> None:
+        """Finish a queued step of `train` and log it (step_s from the end of `previous`)."""
+        step_metrics = self.finish_step(queued, previous)
         step_metrics["train/data_wait_s"] = data_wait
         self.epoch_metrics.merge(self._last_metrics)
         if self.on_step:
             self.on_step(queued.step, step_metrics)
-        return time.perf_counter()
 
     def train(
         self,
@@ -331,18 +338,20 @@ class Trainer:
             # One step in flight: step i's numbers are read once step i+1 is queued, so the
             # GPU has work while the host reads them (and while it waits for the loader).
             queued: tuple[QueuedStep, float] | None = None
-            last = wait_start = time.perf_counter()
+            before: QueuedStep | None = None
+            wait_start = time.perf_counter()
             for batch in batches:
                 # Host time spent getting this batch: the loader (and copy) not keeping up
                 # (the GPU still has the step before it to do meanwhile).
                 data_wait = time.perf_counter() - wait_start
                 step = self.queue_step(batch)
                 if queued:
-                    last = self._report(*queued, last)
+                    self._report(*queued, before)
+                    before = queued[0]
                 queued = (step, data_wait)
                 wait_start = time.perf_counter()
             if queued:
-                self._report(*queued, last)
+                self._report(*queued, before)
             summary = epoch_metrics.summary("train/")
             summary["train/tokens_per_s"] = epoch_metrics.num_tokens / (time.perf_counter() - start)
             if self.device.type == "cuda":
