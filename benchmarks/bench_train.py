@@ -146,20 +146,12 @@ def main() -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     # As `Trainer.train` runs them: one step in flight, step i read once step i+1 is queued.
-    start = last = time.perf_counter()
-    each, queued = [], None
-    for i in range(args.steps):
-        step = trainer.queue_step(batches[i % 2])
-        if queued is not None:
-            trainer.finish_step(queued)
-            each.append(time.perf_counter() - last)
-            last = time.perf_counter()
-        queued = step
-    trainer.finish_step(queued)
+    start = time.perf_counter()
+    steps = trainer.steps_in_flight(batches[i % 2] for i in range(args.steps))
+    each = [metrics["train/step_s"] for _, metrics in steps]
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    each.append(time.perf_counter() - last)
     result = {
         "config": args.config,
         "device": str(device),

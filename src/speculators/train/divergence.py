@@ -21,6 +21,7 @@ from speculators.errors import UserInputError
 def diverged(trainer: Any, what: str, step: int | None = None) -> UserInputError:
     """`step`: the global step that diverged (default: the trainer's last)."""
     o = trainer.options
+    step = trainer.global_step if step is None else step
     last = trainer.save_path / str(trainer.epoch - 1)
     where = (
         f"the last good checkpoint is {last}, and a rerun resumes from it"
@@ -28,7 +29,7 @@ def diverged(trainer: Any, what: str, step: int | None = None) -> UserInputError
         else "no epoch had been saved yet"
     )
     return UserInputError(
-        f"training diverged in epoch {trainer.epoch} (step {step or trainer.global_step}): {what}. "
+        f"training diverged in epoch {trainer.epoch} (step {step}): {what}. "
         f"Nothing of this epoch was saved; {where}. Lower --lr (now {o.lr:g}) or "
         f"--max-grad-norm (now {o.max_grad_norm:g}) and rerun."
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,13 +317,35 @@ class Trainer:
             group["initial_lr"], group["lr"] = lr, lr * factor
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # type: ignore[attr-defined]
 
-    def _report(self, queued: QueuedStep, data_wait: float, previous: QueuedStep | None) -> None:
-        """Finish a queued step of `train` and log it (step_s from the end of `previous`)."""
-        step_metrics = self.finish_step(queued, previous)
-        step_metrics["train/data_wait_s"] = data_wait
-        self.epoch_metrics.merge(self._last_metrics)
-        if self.on_step:
-            self.on_step(queued.step, step_metrics)
+    def steps_in_flight(
+        self, batches: Iterable[dict[str, Any] | list[dict[str, Any]]]
+    ) -> Iterator[tuple[int, dict[str, float]]]:
+        """Train on `batches` with one step in flight: step i's numbers are read once step
+        i+1 is queued, so the GPU has work while the host reads them (and while it waits for
+        the loader). Yields (global step, its metrics) per step, with `train/data_wait_s`;
+        `_last_metrics` holds that step's TTTMetrics meanwhile."""
+        queued: tuple[QueuedStep, float] | None = None
+        before: QueuedStep | None = None
+        wait_start = time.perf_counter()
+        for batch in batches:
+            # Host time spent getting this batch: the loader (and copy) not keeping up (the
+            # GPU still has the step before it to do meanwhile).
+            data_wait = time.perf_counter() - wait_start
+            step = self.queue_step(batch)
+            if queued:
+                yield self._finished(*queued, before)
+                before = queued[0]
+            queued = (step, data_wait)
+            wait_start = time.perf_counter()
+        if queued:
+            yield self._finished(*queued, before)
+
+    def _finished(
+        self, queued: QueuedStep, data_wait: float, previous: QueuedStep | None
+    ) -> tuple[int, dict[str, float]]:
+        metrics = self.finish_step(queued, previous)
+        metrics["train/data_wait_s"] = data_wait
+        return queued.step, metrics
 
     def train(
         self,
@@ -332,26 +354,13 @@ class Trainer:
     ) -> list[dict[str, float]]:
         """Run the remaining epochs; after each, validate and save. Returns epoch summaries."""
         while self.epoch < self.options.epochs:
-            self.epoch_metrics = epoch_metrics = TTTMetrics(self.options.ttt_steps)
+            epoch_metrics = TTTMetrics(self.options.ttt_steps)
             start = time.perf_counter()
             batches = prefetch_to_device(train_batches(self.epoch), self.device)
-            # One step in flight: step i's numbers are read once step i+1 is queued, so the
-            # GPU has work while the host reads them (and while it waits for the loader).
-            queued: tuple[QueuedStep, float] | None = None
-            before: QueuedStep | None = None
-            wait_start = time.perf_counter()
-            for batch in batches:
-                # Host time spent getting this batch: the loader (and copy) not keeping up
-                # (the GPU still has the step before it to do meanwhile).
-                data_wait = time.perf_counter() - wait_start
-                step = self.queue_step(batch)
-                if queued:
-                    self._report(*queued, before)
-                    before = queued[0]
-                queued = (step, data_wait)
-                wait_start = time.perf_counter()
-            if queued:
-                self._report(*queued, before)
+            for step, step_metrics in self.steps_in_flight(batches):
+                epoch_metrics.merge(self._last_metrics)
+                if self.on_step:
+                    self.on_step(step, step_metrics)
             summary = epoch_metrics.summary("train/")
             summary["train/tokens_per_s"] = epoch_metrics.num_tokens / (time.perf_counter() - start)
             if self.device.type == "cuda":
