@@ -43,9 +43,16 @@ def build(device: str, num_layers: int) -> tuple[Eagle3Draft, VerifierTargets, d
     return model.to(device), targets, {k: v.to(device) for k, v in batch.items()}
 
 
-def loss_and_grads(model, targets, batch, compiled: bool, impl: str = "dense"):
-    model.zero_grad()
+def loss_and_grads(model, targets, batch, compiled: bool, impl: str = "dense", zero: bool = True):
+    """(loss, metric totals, gradients) of one TTT forward and backward; `zero=False` adds the
+    gradients to those already there."""
+    if zero:
+        model.zero_grad()
     loss, metrics = ttt_forward(model, batch, targets, 3, 0.8, impl, compiled)  # type: ignore[arg-type]
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return loss.detach(), metrics.totals(), grads
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12))

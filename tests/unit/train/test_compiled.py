@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from random_draft import build, loss_and_grads
+from random_draft import build, loss_and_grads, rel_err
 
 from speculators.train.compiled import compile_draft
 
@@ -32,10 +32,6 @@ def test_compiled_pieces_trace_whole_and_match_eager(num_layers):
         assert result[2].keys() == want[2].keys()
         for k in want[2]:
             torch.testing.assert_close(result[2][k], want[2][k], rtol=1e-5, atol=1e-6)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12))
 
 
 @pytest.mark.gpu

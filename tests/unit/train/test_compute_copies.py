@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from random_draft import build, loss_and_grads
+from random_draft import build, loss_and_grads, rel_err
 
 from speculators.train.compiled import compile_draft
 from speculators.train.compute_copies import ComputeCopies
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12))
 
 
 def with_copies(model, targets, batch, copies: ComputeCopies):
@@ -52,18 +48,11 @@ def test_gradients_of_micro_batches_add_up():
         model.zero_grad()
         for _ in range(2):
             with copies:
-                loss_and_grads_no_zero(model, targets, batch)
+                loss_and_grads(model, targets, batch, compiled=False, zero=False)
             copies.collect_grads()
     for name, p in model.named_parameters():
         if name in once:
             torch.testing.assert_close(p.grad, 2 * once[name], rtol=1e-6, atol=0)
-
-
-def loss_and_grads_no_zero(model, targets, batch):
-    from speculators.train.step import ttt_forward
-
-    loss, _ = ttt_forward(model, batch, targets, 3, 0.8, "dense", False)
-    loss.backward()
 
 
 def test_an_error_inside_puts_the_parameters_back():
